@@ -1,0 +1,23 @@
+"""Differentiable matrix functions of orthocond: no ``nn.Module`` here.
+
+All functions are batched over leading dims ``(..., n, n)``, accept float32 and float64
+(half types compute in float32), return the input dtype and never loop over the batch.
+"""
+
+from .eig import BACKWARDS
+from .functional import METHODS, cond, covariance, inv_sqrtm, sqrtm
+from .mpa import lyapunov_sign
+from .polar import POLAR_METHODS, polar, polar_express_coefficients
+
+__all__ = [
+    "BACKWARDS",
+    "METHODS",
+    "POLAR_METHODS",
+    "cond",
+    "covariance",
+    "inv_sqrtm",
+    "lyapunov_sign",
+    "polar",
+    "polar_express_coefficients",
+    "sqrtm",
+]

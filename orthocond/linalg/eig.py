@@ -1,0 +1,126 @@
+"""Matrix square root and inverse square root by eigendecomposition.
+
+Forward: ``A = U diag(λ) U^T`` by ``torch.linalg.eigh`` in float64, ``f(A) = U diag(f(λ)) U^T``
+with ``f(λ) = λ^p``, ``p = ±1/2``. Eigenvalues are floored at
+
+    λ_floor = max(λ_max · n · ε_float64, sqrt(tiny(dtype)))
+
+so rank-deficient covariances (the normal case in GCP: 256 channels, 196 positions) and
+the zero matrix give finite outputs and gradients.
+
+Backward (``backward=``):
+
+* ``"exact"``: Daleckii–Krein, ``∂l/∂A = U [L ∘ (U^T sym(Ḡ) U)] U^T`` with the divided
+  differences ``L_ij = (f(λi) - f(λj)) / (λi - λj)``, ``L_ii = f'(λi)``. For the square root
+  ``L_ij = 1 / (√λi + √λj)``, for the inverse root ``L_ij = -1 / (√λi √λj (√λi + √λj))``:
+  closed forms that stay finite at repeated eigenvalues.
+* ``"svd"``: the textbook eigenvector gradient, ``L_ij = (f(λi) - f(λj)) K_ij`` with
+  ``K_ij = 1 / (λi - λj)``, guarded by ``K_ij = 0`` where ``|λi - λj| <= λ_max · n · ε_float64``.
+  Near-ties blow up: this is the unstable baseline the papers compare against.
+* ``"taylor"``: ``K_ij`` replaced by its degree-``D`` Taylor series in ``r = λ_< / λ_>``,
+  ``K_ij = s_ij / λ_> Σ_{k<=D} r^k = (1 - r^{D+1}) / (λi - λj)`` (``D = 100``, ICCV 2021),
+  bounded by ``(D + 1) / λ_>``.
+* ``"pade"``: the SVD-Padé layer of ICCV 2021, ``K_ij = s_ij / λ_> · P(r) / Q(r)``, a diagonal
+  [50/50] Padé approximant of the degree-100 Taylor series of ``1 / (1 - r)``. Padé approximants
+  are unique and ``1 / (1 - r)`` is rational, so the approximant reduces to ``1 / (1 - r)``; it is
+  evaluated as ``P(r) = Σ_{m<50} r^m``, ``Q(r) = 1 - r^{50}`` and equals the exact ``K`` to
+  ~1e-12 except within ~1e-12 of a tie, where non-finite entries are replaced as in the
+  reference layer (``+∞ → max``, ``-∞ → min``, ``NaN → 0``).
+
+The diagonal of every variant is the exact ``f'(λi)``; all variants agree with
+``"exact"`` on well-separated spectra.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._utils import safe_floor, sym
+
+BACKWARDS = ("exact", "svd", "taylor", "pade")
+_EPS64 = float(torch.finfo(torch.float64).eps)
+
+
+def _eigh64(A: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigendecomposition of sym(A) in float64 with floored eigenvalues."""
+    A64 = sym(A.to(torch.float64))
+    evals, evecs = torch.linalg.eigh(A64)
+    n = A.shape[-1]
+    lam_max = evals[..., -1:].clamp_min(0.0)
+    floor = torch.clamp(lam_max * (n * _EPS64), min=safe_floor(A.dtype))
+    return torch.maximum(evals, floor), evecs
+
+
+def _divided_difference(
+    lam: Tensor, fval: Tensor, power: float, backward: str, degree: int
+) -> Tensor:
+    """The matrix L of the backward formula, (..., n, n), float64."""
+    root = lam.sqrt()
+    ri, rj = root.unsqueeze(-1), root.unsqueeze(-2)
+    if power == 0.5:
+        exact = 1.0 / (ri + rj)
+    else:
+        exact = -1.0 / (ri * rj * (ri + rj))
+    if backward == "exact":
+        return exact
+
+    li, lj = lam.unsqueeze(-1), lam.unsqueeze(-2)
+    fi, fj = fval.unsqueeze(-1), fval.unsqueeze(-2)
+    diag = torch.diag_embed(power * fval / lam)
+    off = ~torch.eye(lam.shape[-1], dtype=torch.bool, device=lam.device)
+    diff = li - lj
+    if backward == "svd":
+        tol = lam[..., -1:].unsqueeze(-1) * (lam.shape[-1] * _EPS64)
+        K = torch.where(diff.abs() > tol, 1.0 / torch.where(diff == 0, 1.0, diff), 0.0)
+        L = (fi - fj) * K
+    else:
+        big = torch.maximum(li, lj)
+        r = torch.minimum(li, lj) / big
+        sign = torch.sign(diff)
+        if backward == "taylor":
+            series = -torch.expm1((degree + 1) * torch.log(r))  # 1 - r^{D+1}, accurate near r = 1
+            K = sign * series / torch.where(diff == 0, 1.0, diff.abs())
+        else:  # pade
+            ratio = _pade_geometric(r)
+            K = torch.nan_to_num(sign * ratio / big)
+        L = torch.nan_to_num((fi - fj) * K)
+    return torch.where(off, L, diag)
+
+
+def _pade_geometric(r: Tensor) -> Tensor:
+    """P(r)/Q(r) of the [50/50] approximant of 1/(1 - r), by Horner in float64."""
+    p = torch.ones_like(r)
+    for _ in range(49):
+        p = 1.0 + r * p
+    # Q(r) = 1 - r^50 vanishes at r = 1: exact ties become infinite, then nan_to_num.
+    return p / (1.0 - r.pow(50))
+
+
+class _EigPower(torch.autograd.Function):
+    """f(A) = A^power (power = ±1/2) via eigh, with a selectable backward."""
+
+    @staticmethod
+    def forward(ctx, A: Tensor, power: float, backward: str, degree: int) -> Tensor:  # type: ignore[override]
+        lam, U = _eigh64(A)
+        fval = lam.pow(power)
+        out = (U * fval.unsqueeze(-2)) @ U.transpose(-2, -1)
+        ctx.save_for_backward(lam, U, fval)
+        ctx.power, ctx.backward, ctx.degree = power, backward, degree
+        return out.to(A.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        lam, U, fval = ctx.saved_tensors
+        L = _divided_difference(lam, fval, ctx.power, ctx.backward, ctx.degree)
+        G = sym(grad_out.to(torch.float64))
+        Ut = U.transpose(-2, -1)
+        inner = L * (Ut @ G @ U)
+        grad = U @ inner @ Ut
+        grad = torch.nan_to_num(grad)
+        return grad.to(grad_out.dtype), None, None, None
+
+
+def eig_power(A: Tensor, power: float, backward: str = "exact", degree: int = 100) -> Tensor:
+    """A^power for symmetric PSD A by eigendecomposition (power 1/2 or -1/2)."""
+    return _EigPower.apply(A, power, backward, degree)

@@ -1,0 +1,90 @@
+"""Matrix Padé Approximant forward and Lyapunov backward (Song et al., ICLR 2022).
+
+Forward, ``s = ||A||_F`` (floored), ``Z = I - A / s``, spectrum in ``[0, 1)``:
+``A^{1/2} ≈ √s Q(Z)^{-1} P(Z)`` and ``A^{-1/2} ≈ P(Z)^{-1} Q(Z) / √s`` with the [5/5] Padé
+approximant ``P/Q`` of ``√(1 - z)``. ``P`` and ``Q`` commute, so the order does not matter.
+
+Backward: the gradient of the *true* root evaluated at the computed root ``B``:
+``X = ∂l/∂A`` solves the Lyapunov equation ``B X + X B = C``, ``C = sym(∂l/∂B)``, through
+the coupled Newton–Schulz sign iteration on ``[[B, C], [0, -B]]``::
+
+    B_{k+1} = B_k (3I - B_k²) / 2
+    C_{k+1} = [C_k (3I - B_k²) - B_k² C_k + B_k C_k B_k] / 2,   X ≈ C_K / 2
+
+after scaling ``B_0 = B / σ``, ``C_0 = C / σ`` (σ = ||B||_F, so spec(B_0) ⊂ (0, 1]). The inverse
+root ``Y`` uses ``Y X + X Y = -Y² sym(Ḡ) Y²``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._utils import safe_floor, sym
+
+# [5/5] Padé coefficients of sqrt(1 - z), lowest degree first.
+_P = (1.0, -11.0 / 4, 11.0 / 4, -77.0 / 64, 55.0 / 256, -11.0 / 1024)
+_Q = (1.0, -9.0 / 4, 7.0 / 4, -35.0 / 64, 15.0 / 256, -1.0 / 1024)
+
+
+def _frobenius(A: Tensor) -> Tensor:
+    return torch.linalg.matrix_norm(A)[..., None, None]
+
+
+def _pade_pair(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    n = A.shape[-1]
+    scale = _frobenius(A).clamp_min(safe_floor(A.dtype))
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    Z = eye - A / scale
+    P = _P[0] * eye + _P[1] * Z
+    Q = _Q[0] * eye + _Q[1] * Z
+    power = Z
+    for p, q in zip(_P[2:], _Q[2:]):
+        power = power @ Z
+        P = P + p * power
+        Q = Q + q * power
+    return P, Q, scale
+
+
+def lyapunov_sign(B: Tensor, C: Tensor, iters: int) -> Tensor:
+    """Solve ``B X + X B = C`` for symmetric positive definite ``B`` by the sign iteration."""
+    sigma = _frobenius(B).clamp_min(safe_floor(B.dtype))
+    Bk, Ck = B / sigma, C / sigma
+    eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
+    for _ in range(iters):
+        B2 = Bk @ Bk
+        T = 3.0 * eye - B2
+        Ck = 0.5 * (Ck @ T - B2 @ Ck + Bk @ Ck @ Bk)
+        Bk = 0.5 * (Bk @ T)
+    return 0.5 * Ck
+
+
+class _MPARoot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, A: Tensor, inverse: bool, lyap_iters: int) -> Tensor:  # type: ignore[override]
+        P, Q, scale = _pade_pair(A)
+        if inverse:
+            out = torch.linalg.solve(P, Q) / scale.sqrt()
+        else:
+            out = torch.linalg.solve(Q, P) * scale.sqrt()
+        out = sym(out)
+        ctx.save_for_backward(out)
+        ctx.inverse, ctx.lyap_iters = inverse, lyap_iters
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (root,) = ctx.saved_tensors
+        G = sym(grad_out)
+        if ctx.inverse:
+            root2 = root @ root
+            C = -(root2 @ G @ root2)
+        else:
+            C = G
+        grad = lyapunov_sign(root, C, ctx.lyap_iters)
+        return torch.nan_to_num(sym(grad)), None, None
+
+
+def mpa_root(A: Tensor, inverse: bool, lyap_iters: int = 8) -> Tensor:
+    """MPA [5/5] square root (or inverse root) of symmetric PSD ``A`` with Lyapunov backward."""
+    return _MPARoot.apply(A, inverse, lyap_iters)
