@@ -23,3 +23,15 @@ def spd(
     Q, _ = torch.linalg.qr(torch.randn(*batch, n, n, generator=g, dtype=torch.float64))
     lam = torch.logspace(0, -math.log10(kappa), n, dtype=torch.float64)
     return ((Q * lam) @ Q.transpose(-2, -1)).to(dtype)
+
+
+def pytest_collection_modifyitems(config, items):
+    import os
+
+    skip_slow = pytest.mark.skip(reason="slow: set ORTHOCOND_SLOW=1 to run")
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "slow" in item.keywords and os.environ.get("ORTHOCOND_SLOW") != "1":
+            item.add_marker(skip_slow)
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)

@@ -366,3 +366,28 @@ def test_covariance_matches_numpy():
     X = torch.randn(2, 5, 30, dtype=torch.float64)
     ref = np.stack([np.cov(x, bias=True) for x in X.numpy()])
     assert np.allclose(covariance(X).numpy(), ref, atol=1e-13)
+
+
+def test_set_eigh_streams_validates():
+    from orthocond.linalg import set_eigh_streams
+
+    with pytest.raises(ValueError, match="count"):
+        set_eigh_streams(0)
+
+
+@pytest.mark.cuda
+def test_eig_on_streams_matches_single_stream_cuda():
+    from orthocond.linalg import set_eigh_streams
+
+    A = spd(48, kappa=100.0, batch=(40,), dtype=torch.float32).cuda()
+    G = torch.randn_like(A)
+    outs = []
+    for count in (1, 8):
+        set_eigh_streams(count)
+        X = A.clone().requires_grad_()
+        out = sqrtm(X, "eig")
+        out.backward(G)
+        outs.append((out.detach(), X.grad))
+    set_eigh_streams(8)
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)

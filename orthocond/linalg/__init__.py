@@ -4,7 +4,7 @@ All functions are batched over leading dims ``(..., n, n)``, accept float32 and 
 (half types compute in float32), return the input dtype and never loop over the batch.
 """
 
-from .eig import BACKWARDS
+from .eig import BACKWARDS, set_eigh_streams
 from .functional import METHODS, cond, covariance, inv_sqrtm, sqrtm
 from .mpa import lyapunov_sign
 from .polar import POLAR_METHODS, polar, polar_express_coefficients
@@ -19,5 +19,6 @@ __all__ = [
     "lyapunov_sign",
     "polar",
     "polar_express_coefficients",
+    "set_eigh_streams",
     "sqrtm",
 ]

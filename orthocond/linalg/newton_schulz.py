@@ -24,8 +24,12 @@ def newton_schulz(A: Tensor, iters: int, inverse: bool) -> Tensor:
     trace = batch_trace(A).clamp_min(safe_floor(A.dtype) * n)[..., None, None]
     eye = torch.eye(n, dtype=A.dtype, device=A.device)
     Y = A / trace
-    Z = eye.expand_as(A)
-    for k in range(iters):
+    # Z_0 = I: the first iteration needs no matmul for T_1 = (3I - Y_0)/2 nor for Z_1 = T_1.
+    T = 1.5 * eye - 0.5 * Y
+    Z = T
+    if iters > 1 or not inverse:
+        Y = Y @ T
+    for k in range(1, iters):
         T = 1.5 * eye - 0.5 * (Z @ Y)
         last = k == iters - 1
         if not (last and inverse):
