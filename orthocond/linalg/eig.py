@@ -3,9 +3,10 @@
 Forward: ``A = U diag(λ) U^T`` by ``torch.linalg.eigh`` in float64, ``f(A) = U diag(f(λ)) U^T``
 with ``f(λ) = λ^p``, ``p = ±1/2``. Eigenvalues are floored at
 
-    λ_floor = max(λ_max · n · ε_float64, sqrt(tiny(dtype)))
+    λ_floor = max(λ_max · n · ε(dtype), sqrt(tiny(dtype)))
 
-so rank-deficient covariances (the normal case in GCP: 256 channels, 196 positions) and
+with ε and tiny of the *input* dtype (float32 input: eigenvalues below λ_max·n·1.2e-7 are
+rounding noise of the matrix itself), so rank-deficient covariances (the normal case in GCP: 256 channels, 196 positions) and
 the zero matrix give finite outputs and gradients.
 
 Backward (``backward=``):
@@ -104,7 +105,8 @@ def _eigh64(A: Tensor) -> tuple[Tensor, Tensor]:
     evals, evecs = _eigh_batched(A64)
     n = A.shape[-1]
     lam_max = evals[..., -1:].clamp_min(0.0)
-    floor = torch.clamp(lam_max * (n * _EPS64), min=safe_floor(A.dtype))
+    eps = float(torch.finfo(A.dtype).eps)
+    floor = torch.clamp(lam_max * (n * eps), min=safe_floor(A.dtype))
     return torch.maximum(evals, floor), evecs
 
 

@@ -76,7 +76,7 @@ def sqrtm(
       Matmuls only; a coarse root on ill-conditioned spectra (eigenvalue :math:`\lambda` of
       :math:`A/\mathrm{tr}A` maps to :math:`\approx 7.59\lambda` as :math:`\lambda\to 0` at N = 5).
     * ``"eig"``: ``torch.linalg.eigh`` in float64, :math:`U \Lambda^{1/2} U^T`, eigenvalues floored
-      at :math:`\max(\lambda_{max} n\,\epsilon_{64}, \sqrt{\mathrm{tiny}})`. ``backward`` picks
+      at :math:`\max(\lambda_{max} n\,\epsilon, \sqrt{\mathrm{tiny}})` (of the input dtype). ``backward`` picks
       the gradient: ``"exact"`` (Daleckii–Krein, :math:`L_{ij} = 1/(\sqrt{\lambda_i}+\sqrt{\lambda_j})`,
       finite at repeated eigenvalues), ``"svd"`` (textbook, :math:`K_{ij}=1/(\lambda_i-\lambda_j)`
       guarded), ``"taylor"`` (degree ``taylor_degree``, default 100), ``"pade"`` (SVD-Padé).

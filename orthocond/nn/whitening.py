@@ -1,0 +1,396 @@
+"""Decorrelated batch normalization (ZCA whitening per channel group).
+
+Train mode, input (N, C, *) split into G groups of c = C/G channels; per group the
+c × N·L matrix X_g of its values (L = product of the trailing dims)::
+
+    μ_g = X_g 1 / (N·L),   Σ_g = (X_g - μ_g1ᵀ)(X_g - μ_g1ᵀ)ᵀ / (N·L)
+    W_g = (Σ_g + εI)^{-1/2},   X̂_g = W_g (X_g - μ_g1ᵀ),   y = γ x̂ + β  (per channel)
+
+so that X̂_g X̂_gᵀ / (N·L) = I - ε(Σ_g + εI)^{-1} ≈ I. The G inverse roots are one batched
+:func:`orthocond.linalg.inv_sqrtm` call. Running statistics average the means and the
+covariances (``new = (1 - m)·old + m·batch``, FORMULAS §4 option B); eval mode whitens with
+``(Σ_run + εI)^{-1/2}`` around ``μ_run``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from orthocond import linalg
+
+from ._common import (
+    check_input,
+    check_int,
+    check_matrix_function,
+    check_nonneg_float,
+    compute_dtype,
+    matrix_function_kwargs,
+    no_autocast,
+)
+
+__all__ = [
+    "DecorrelatedBatchNorm1d",
+    "DecorrelatedBatchNorm2d",
+    "zca_whiten",
+    "zca_whitening_matrix",
+]
+
+
+def _to_groups(x: Tensor, groups: int) -> Tensor:
+    """(N, C, *) -> (G, C/G, N·L): one row per channel of the group, one column per value."""
+    n, c, positions = x.shape[0], x.shape[1] // groups, math.prod(x.shape[2:])
+    return x.reshape(n, groups, c, positions).permute(1, 2, 0, 3).reshape(groups, c, n * positions)
+
+
+def _from_groups(y: Tensor, shape: torch.Size) -> Tensor:
+    """Inverse of :func:`_to_groups`."""
+    groups, c = y.shape[:2]
+    return y.reshape(groups, c, shape[0], math.prod(shape[2:])).permute(2, 0, 1, 3).reshape(shape)
+
+
+def _batch_statistics(xg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """xg (G, c, M) -> mean (G, c), centred xg (G, c, M), biased covariance (G, c, c)."""
+    mean = xg.mean(-1)
+    centred = xg - mean.unsqueeze(-1)
+    cov = centred @ centred.transpose(-2, -1) / xg.shape[-1]
+    return mean, centred, cov
+
+
+def _add_eps(cov: Tensor, eps: float) -> Tensor:
+    if eps == 0:
+        return cov
+    return cov + eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+
+
+def _update_running_stats(
+    running_mean: Tensor, running_cov: Tensor, mean: Tensor, cov: Tensor, factor: float
+) -> None:
+    """``run ← (1 - factor)·run + factor·batch`` in place, without autograd."""
+    with torch.no_grad():
+        running_mean.mul_(1.0 - factor).add_(mean.reshape(-1).to(running_mean.dtype), alpha=factor)
+        running_cov.mul_(1.0 - factor).add_(cov.to(running_cov.dtype), alpha=factor)
+
+
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """y (G, c, M) times weight (C,) plus bias (C,), per channel."""
+    shape = (y.shape[0], y.shape[1], 1)
+    if weight is not None:
+        y = y * weight.to(y.dtype).reshape(shape)
+    if bias is not None:
+        y = y + bias.to(y.dtype).reshape(shape)
+    return y
+
+
+def _check_groups(num_features: int, groups: Any) -> None:
+    check_int(groups, "groups")
+    if num_features % groups:
+        raise ValueError(f"groups={groups} must divide num_features={num_features}")
+
+
+def _check_momentum(momentum: Any, allow_none: bool) -> None:
+    if momentum is None and allow_none:
+        return
+    check_nonneg_float(momentum, "momentum")
+    if momentum > 1:
+        raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
+
+
+def zca_whitening_matrix(
+    cov: Tensor,
+    eps: float = 1e-5,
+    method: str = "eig",
+    *,
+    backward: str = "exact",
+    iters: int | None = None,
+) -> Tensor:
+    """ZCA whitening matrices ``(Σ + εI)^{-1/2}`` of a batch of covariances.
+
+    Args:
+        cov (Tensor[..., c, c]): symmetric PSD covariances (e.g. one per channel group).
+        eps: added to the diagonal first (default 1e-5).
+        method, backward, iters: passed to :func:`orthocond.linalg.inv_sqrtm`
+            (``"eig"`` with the exact Daleckii–Krein gradient by default).
+
+    Returns Tensor[..., c, c] in ``cov``'s dtype, computed with autocast off.
+
+    Example:
+        >>> W = zca_whitening_matrix(torch.eye(3).expand(2, 3, 3) * 4.0, eps=0.0)  # 0.5·I
+    """
+    check_nonneg_float(eps, "eps")
+    check_matrix_function(method, backward, iters)
+    with no_autocast(cov.device.type):
+        return linalg.inv_sqrtm(
+            _add_eps(cov, eps), method, **matrix_function_kwargs(method, backward, iters)
+        )
+
+
+def zca_whiten(
+    x: Tensor,
+    groups: int = 1,
+    *,
+    running_mean: Tensor | None = None,
+    running_cov: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    method: str = "eig",
+    backward: str = "exact",
+    iters: int | None = None,
+) -> Tensor:
+    """Functional decorrelated batch norm (ZCA whitening per channel group), like ``F.batch_norm``.
+
+    ``y = γ·(Σ_g + εI)^{-1/2}(x_g - μ_g) + β`` per group g of ``c = C/groups`` channels, with
+    the batch statistics (mean over N and the trailing dims, biased covariance) when
+    ``training`` or when no running statistics are given; else with ``running_mean`` and
+    ``running_cov``. In training, given running statistics are updated in place:
+    ``run ← (1 - momentum)·run + momentum·batch``.
+
+    Args:
+        x (Tensor[N, C, *]): input (e.g. (N, C), (N, C, L) or (N, C, H, W)).
+        groups: number of channel groups G (must divide C; default 1 = full whitening).
+        running_mean (Tensor[C] | None), running_cov (Tensor[G, c, c] | None): running
+            statistics, both or neither.
+        weight, bias (Tensor[C] | None): per-channel affine γ, β.
+        method, backward, iters: the inverse root, see :func:`zca_whitening_matrix`.
+
+    Returns a tensor of ``x``'s shape and dtype, computed in float32/float64 (autocast off).
+
+    Example:
+        >>> x = torch.randn(64, 4, 8, 8) @ torch.randn(8, 8)
+        >>> y = zca_whiten(x)  # channel covariance of y ≈ I
+    """
+    check_input(x, "zca_whiten", (2, 3, 4, 5), None, "(N, C, *)")
+    _check_groups(x.shape[1], groups)
+    _check_momentum(momentum, allow_none=False)
+    if (running_mean is None) != (running_cov is None):
+        raise ValueError("running_mean and running_cov must be given together or not at all")
+    c = x.shape[1] // groups
+    if running_mean is not None and (
+        running_mean.shape != (x.shape[1],) or running_cov.shape != (groups, c, c)
+    ):
+        raise ValueError(
+            f"expected running_mean of shape {(x.shape[1],)} and running_cov of shape "
+            f"{(groups, c, c)}, got {tuple(running_mean.shape)} and {tuple(running_cov.shape)}"
+        )
+    use_batch_stats = training or running_mean is None
+    with no_autocast(x.device.type):
+        xg = _to_groups(x.to(compute_dtype(x.dtype)), groups)
+        if use_batch_stats:
+            mean, centred, cov = _batch_statistics(xg)
+            if training and running_mean is not None:
+                _update_running_stats(running_mean, running_cov, mean, cov, momentum)
+        else:
+            centred = xg - running_mean.to(xg.dtype).reshape(groups, c, 1)
+            cov = running_cov.to(xg.dtype)
+        W = zca_whitening_matrix(cov, eps, method, backward=backward, iters=iters)
+        y = _affine(W @ centred, weight, bias)
+        return _from_groups(y, x.shape).to(x.dtype)
+
+
+class _DecorrelatedBatchNorm(nn.Module):
+    """Shared implementation of :class:`DecorrelatedBatchNorm1d`/``2d``."""
+
+    _input_ndims: tuple[int, ...] = ()
+    _layout = ""
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        groups: int = 1,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        method: str = "eig",
+        backward: str = "exact",
+        iters: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_int(num_features, "num_features")
+        _check_groups(num_features, groups)
+        check_nonneg_float(eps, "eps")
+        _check_momentum(momentum, allow_none=True)
+        check_matrix_function(method, backward, iters)
+        self.num_features = num_features
+        self.groups = groups
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.method = method
+        self.backward = backward
+        self.iters = iters
+        c = num_features // groups
+        if self.affine:
+            self.weight = nn.Parameter(torch.empty(num_features))
+            self.bias = nn.Parameter(torch.empty(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.running_mean: Tensor | None
+        self.running_cov: Tensor | None
+        self.num_batches_tracked: Tensor | None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_cov", torch.eye(c).repeat(groups, 1, 1))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_cov", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.capture_covariance = False
+        self.captured_covariance: Tensor | None = None
+        self._whitening_cache: Tensor | None = None
+        self.reset_parameters()
+
+    # -- state ---------------------------------------------------------------------------
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running covariance I, ``num_batches_tracked`` 0."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            c = self.num_features // self.groups
+            self.running_cov.copy_(torch.eye(c).expand(self.groups, c, c))
+            self.num_batches_tracked.zero_()
+        self._whitening_cache = None
+
+    def reset_parameters(self) -> None:
+        """Reset the running statistics and the affine weight to 1, bias to 0."""
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def train(self, mode: bool = True) -> _DecorrelatedBatchNorm:
+        self._whitening_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> _DecorrelatedBatchNorm:
+        self._whitening_cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(
+        self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._whitening_cache = None
+
+    # -- forward -------------------------------------------------------------------------
+    def _check_input(self, x: Tensor) -> None:
+        check_input(x, type(self).__name__, self._input_ndims, self.num_features, self._layout)
+        if self.training and x.numel() // x.shape[1] < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs more than 1 value per channel in training, "
+                f"got input of shape {tuple(x.shape)}"
+            )
+
+    def _update_running(self, mean: Tensor, cov: Tensor) -> None:
+        """Count the batch, ``run ← (1 - m)·run + m·batch`` (``m = 1/num_batches_tracked`` when
+        ``momentum`` is None), drop the cached eval whitening matrix."""
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked)
+        else:
+            factor = float(self.momentum)
+        _update_running_stats(self.running_mean, self.running_cov, mean, cov, factor)
+        self._whitening_cache = None
+
+    def _whitening(self, cov: Tensor) -> Tensor:
+        """(cov + εI)^{-1/2}; stores cov + εI when ``capture_covariance`` is on."""
+        cov = _add_eps(cov, self.eps)
+        if self.capture_covariance:
+            self.captured_covariance = cov.detach()
+        return zca_whitening_matrix(cov, 0.0, self.method, backward=self.backward, iters=self.iters)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        groups, c = self.groups, self.num_features // self.groups
+        use_batch_stats = self.training or not self.track_running_stats
+        with no_autocast(x.device.type):
+            xg = _to_groups(x.to(compute_dtype(x.dtype)), groups)
+            if use_batch_stats:
+                mean, centred, cov = _batch_statistics(xg)
+                if self.training and self.track_running_stats:
+                    self._update_running(mean, cov)
+                W = self._whitening(cov)
+            else:
+                centred = xg - self.running_mean.to(xg.dtype).reshape(groups, c, 1)
+                W = self._whitening_cache
+                if self.capture_covariance or W is None or W.dtype != xg.dtype:
+                    with torch.no_grad():
+                        W = self._whitening(self.running_cov.to(xg.dtype))
+                    self._whitening_cache = W
+            y = _affine(W @ centred, self.weight, self.bias)
+            return _from_groups(y, x.shape).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, groups={self.groups}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+            f"method={self.method!r}, backward={self.backward!r}, iters={self.iters}"
+        )
+
+
+class DecorrelatedBatchNorm2d(_DecorrelatedBatchNorm):
+    r"""ZCA-whitening batch norm for (N, C, H, W) input; a drop-in for ``nn.BatchNorm2d``.
+
+    Per group of ``c = C/groups`` channels, train mode whitens with the batch statistics,
+    ``x̂ = (Σ_B + εI)^{-1/2}(x - μ_B)``, so the within-group channel covariance of ``x̂`` is
+    ``I - ε(Σ_B + εI)^{-1}`` (identity up to ε); ``y = γ x̂ + β`` per channel.
+
+    Running statistics (``track_running_stats=True``): ``running_mean`` (C,) and
+    ``running_cov`` (G, c, c) (the biased batch covariance, ε excluded) are updated as
+    ``run ← (1 - m)·run + m·batch`` with ``m = momentum``, or the cumulative average
+    ``m = 1/num_batches_tracked`` when ``momentum=None``, exactly as ``nn.BatchNorm2d``.
+    Eval mode uses ``(running_cov + εI)^{-1/2}`` around ``running_mean`` (FORMULAS §4
+    option B: average covariances, not whitening matrices), so a sample's output does not
+    depend on the rest of the batch. That whitening matrix is cached and recomputed after
+    ``train()``, ``load_state_dict``, ``reset_running_stats``, ``.to()`` and every running-stat
+    update; call ``train(False)`` again after editing ``running_cov`` in place by hand.
+    With ``track_running_stats=False`` batch statistics are used in eval mode too.
+
+    Args:
+        num_features: C.
+        groups: G, must divide C (default 1: whiten all channels jointly).
+        eps: ε added to the covariance diagonal (default 1e-5).
+        momentum: running-stat momentum (default 0.1; ``None`` = cumulative average).
+        affine: learnable γ (init 1) and β (init 0) per channel.
+        track_running_stats: keep running statistics for eval mode.
+        method: inverse root of :func:`orthocond.linalg.inv_sqrtm`: ``"eig"`` (default),
+            ``"ns"`` or ``"mpa"``.
+        backward: eig gradient, ``"exact"`` (default), ``"svd"``, ``"taylor"``, ``"pade"``.
+        iters: iterations for ``"ns"`` (None = linalg's default).
+
+    The matrix function runs in float32 (float64 for float64 input) with autocast off; the
+    output has the input dtype. ``capture_covariance = True`` makes forward store the
+    covariance given to the inverse root, ``Σ + εI`` (Tensor[G, c, c], detached; in eval
+    mode the running one), as ``captured_covariance``; ``self.eps`` is ε.
+
+    Example:
+        >>> dbn = DecorrelatedBatchNorm2d(64, eps=1e-2)
+        >>> y = dbn(torch.randn(8, 64, 16, 16))
+    """
+
+    _input_ndims = (4,)
+    _layout = "(N, C, H, W)"
+
+
+class DecorrelatedBatchNorm1d(_DecorrelatedBatchNorm):
+    r"""ZCA-whitening batch norm for (N, C) or (N, C, L) input; a drop-in for ``nn.BatchNorm1d``.
+
+    Same math, arguments and attributes as :class:`DecorrelatedBatchNorm2d`; for (N, C, L)
+    the statistics run over N and L.
+
+    Example:
+        >>> dbn = DecorrelatedBatchNorm1d(16, groups=4)
+        >>> y = dbn(torch.randn(32, 16))
+    """
+
+    _input_ndims = (2, 3)
+    _layout = "(N, C) or (N, C, L)"
