@@ -1,0 +1,101 @@
+"""Shared helpers of :mod:`optim`: argument checks and the per-optimizer plug-in registry."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Iterable, Union
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+ParamsArg = Union[Tensor, Iterable[Tensor]]
+
+# Plug-ins (NOG, OLR) currently attached to each optimizer, in registration order.
+# Weak keys: the registry never keeps an optimizer alive.
+_ATTACHED: weakref.WeakKeyDictionary[Optimizer, list] = weakref.WeakKeyDictionary()
+
+
+def attach(optimizer: Optimizer, plugin: object) -> None:
+    _ATTACHED.setdefault(optimizer, []).append(plugin)
+
+
+def detach(optimizer: Optimizer, plugin: object) -> None:
+    plugins = _ATTACHED.get(optimizer)
+    if plugins is not None:
+        plugins[:] = [p for p in plugins if p is not plugin]
+
+
+def attached(optimizer: Optimizer) -> list:
+    return list(_ATTACHED.get(optimizer, ()))
+
+
+def check_optimizer(optimizer: object, owner: str) -> Optimizer:
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            f"{owner}: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    return optimizer
+
+
+def collect_params(params: ParamsArg, owner: str) -> list[Tensor]:
+    """The distinct tensors of ``params`` (a tensor or an iterable of tensors), in order."""
+    if isinstance(params, Tensor):
+        items = [params]
+    elif isinstance(params, torch.nn.Module):
+        raise TypeError(
+            f"{owner}: params must be a tensor or an iterable of tensors, got a Module; pass e.g. "
+            "orthocond.models.pre_svd_parameters(model) or [module.weight]"
+        )
+    else:
+        try:
+            items = list(params)
+        except TypeError:
+            raise TypeError(
+                f"{owner}: params must be a tensor or an iterable of tensors, "
+                f"got {type(params).__name__}"
+            ) from None
+    out: list[Tensor] = []
+    seen: set[int] = set()
+    for i, p in enumerate(items):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{owner}: params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    if not out:
+        raise ValueError(f"{owner}: params is empty; pass at least one parameter")
+    return out
+
+
+def check_in_optimizer(params: list[Tensor], optimizer: Optimizer, owner: str) -> None:
+    known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for i, p in enumerate(params):
+        if id(p) not in known:
+            raise ValueError(
+                f"{owner}: params[{i}] (shape {tuple(p.shape)}) is not one of the optimizer's "
+                "parameters; pass the same tensors the optimizer was built with (for a "
+                "parametrized weight: orthocond.ortho.trainable_tensor(module, name))"
+            )
+
+
+def grad_scale_of(optimizer: Optimizer) -> Tensor | None:
+    """The loss scale a fused optimizer will divide the gradients by, if GradScaler set one.
+
+    ``GradScaler.step`` sets ``optimizer.grad_scale`` (and ``found_inf``) just before calling
+    ``step`` on optimizers that unscale inside their fused kernel; step pre-hooks then see
+    gradients that are still multiplied by that scale.
+    """
+    scale = getattr(optimizer, "grad_scale", None)
+    return scale if isinstance(scale, Tensor) else None
+
+
+def step_will_be_skipped(optimizer: Optimizer) -> bool:
+    """True when GradScaler told a fused optimizer that this step overflowed.
+
+    ``GradScaler.step`` sets ``optimizer.found_inf`` (non-zero on overflow) before calling
+    ``step`` on optimizers that handle the scale in their fused kernel; the kernel then
+    skips the update. Reading it synchronises with the device.
+    """
+    found_inf = getattr(optimizer, "found_inf", None)
+    return isinstance(found_inf, Tensor) and bool(found_inf.item() > 0)

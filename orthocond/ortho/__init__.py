@@ -1,0 +1,50 @@
+"""Making a Pre-SVD weight orthogonal: hard constraints (parametrizations) and penalties.
+
+A weight ``(C_out, C_in, kh, kw)`` is always treated as the matrix ``(C_out, C_in*kh*kw)``.
+The skew-orthogonal convolution (another "orthogonal weight" option) is
+:class:`orthocond.nn.SkewOrthogonalConv2d`.
+"""
+
+from __future__ import annotations
+
+from .constraints import (
+    ONI,
+    OWN,
+    TRIVIALIZATIONS,
+    FlattenedOrthogonal,
+    oni,
+    orthogonal,
+    own,
+    trainable_tensor,
+)
+from .penalties import (
+    PENALTY_KINDS,
+    SRIP_SCHEDULES,
+    dso_penalty,
+    mc_penalty,
+    orthogonality_error,
+    orthogonality_penalty,
+    so_penalty,
+    srip_penalty,
+    srip_schedule,
+)
+
+__all__ = [
+    "ONI",
+    "OWN",
+    "PENALTY_KINDS",
+    "SRIP_SCHEDULES",
+    "TRIVIALIZATIONS",
+    "FlattenedOrthogonal",
+    "dso_penalty",
+    "mc_penalty",
+    "oni",
+    "orthogonal",
+    "orthogonality_error",
+    "orthogonality_penalty",
+    "own",
+    "so_penalty",
+    "srip_penalty",
+    "srip_schedule",
+    "trainable_tensor",
+]
