@@ -322,3 +322,19 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="running_cov of shape"):
         zca_whiten(torch.randn(4, 6), 2, running_mean=torch.zeros(6),
                    running_cov=torch.eye(6))  # fmt: skip
+
+
+def test_eval_cache_follows_in_place_changes_of_running_stats_and_settings():
+    torch.manual_seed(0)
+    dbn = DecorrelatedBatchNorm2d(4, eps=1e-3).double()
+    dbn(torch.randn(8, 4, 5, 5, dtype=torch.float64))
+    dbn.eval()
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    first = dbn(x)
+    assert torch.equal(dbn(x), first)  # served from the cache
+    with torch.no_grad():
+        dbn.running_cov.mul_(4.0)  # in place: the whitening matrix must halve
+    torch.testing.assert_close(dbn(x), 0.5 * (first - dbn.bias.view(1, -1, 1, 1))
+                               + dbn.bias.view(1, -1, 1, 1), rtol=1e-3, atol=1e-3)
+    dbn.method, dbn.iters = "ns", 1  # a coarser root must show up at once
+    assert (dbn(x) - first).abs().max() > 1e-3

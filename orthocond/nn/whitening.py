@@ -247,7 +247,7 @@ class _DecorrelatedBatchNorm(nn.Module):
             self.register_buffer("num_batches_tracked", None)
         self.capture_covariance = False
         self.captured_covariance: Tensor | None = None
-        self._whitening_cache: Tensor | None = None
+        self._whitening_cache: tuple[tuple, Tensor] | None = None
         self.reset_parameters()
 
     # -- state ---------------------------------------------------------------------------
@@ -308,6 +308,24 @@ class _DecorrelatedBatchNorm(nn.Module):
             self.captured_covariance = cov.detach()
         return zca_whitening_matrix(cov, 0.0, self.method, backward=self.backward, iters=self.iters)
 
+    def _cache_key(self, dtype: torch.dtype) -> tuple:
+        # _version moves on every in-place write to the buffer (optimizer-free updates,
+        # copy_, load_state_dict), so a stale matrix can never be served.
+        cov = self.running_cov
+        return (self.method, self.backward, self.iters, self.eps, dtype, cov.device,
+                cov.data_ptr(), cov._version)
+
+    def _cached_whitening(self, dtype: torch.dtype) -> Tensor:
+        """Eval-mode (Σ_run + εI)^{-1/2}, recomputed only when its inputs change."""
+        key = self._cache_key(dtype)
+        cached = self._whitening_cache
+        if self.capture_covariance or cached is None or cached[0] != key:
+            with torch.no_grad():
+                W = self._whitening(self.running_cov.to(dtype))
+            self._whitening_cache = (key, W)
+            return W
+        return cached[1]
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         groups, c = self.groups, self.num_features // self.groups
@@ -321,11 +339,7 @@ class _DecorrelatedBatchNorm(nn.Module):
                 W = self._whitening(cov)
             else:
                 centred = xg - self.running_mean.to(xg.dtype).reshape(groups, c, 1)
-                W = self._whitening_cache
-                if self.capture_covariance or W is None or W.dtype != xg.dtype:
-                    with torch.no_grad():
-                        W = self._whitening(self.running_cov.to(xg.dtype))
-                    self._whitening_cache = W
+                W = self._cached_whitening(xg.dtype)
             y = _affine(W @ centred, self.weight, self.bias)
             return _from_groups(y, x.shape).to(x.dtype)
 
