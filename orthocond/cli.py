@@ -1,0 +1,340 @@
+"""Command line: ``orthocond train``, ``orthocond compare`` and ``orthocond bench``.
+
+``orthocond compare`` with no arguments is the main job: it trains a small
+decorrelated-BN ResNet-18 (width 16, 4 epochs) on the embedded MNIST digits once per
+treatment (vanilla, NOG, NOG rescaled to the gradient norm, OLR, NOG+OLR,
+rescaled NOG+OLR, hard orthogonal Pre-SVD layer, SOC orthogonal stem), one
+single-threaded process per CPU core, prints a markdown table (accuracy,
+covariance condition number final and max, orthogonality error, Pre-SVD weight
+norm, failed runs) and writes it with plots to ``runs/compare`` (about 5-6 minutes
+on 2 CPU cores). See ``orthocond <command> --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+# The quick defaults of `orthocond compare` (embedded MNIST, 2 CPU cores: ~6-7 minutes).
+COMPARE_DEFAULTS = {"epochs": 4, "width": 16, "monitor_every": 2}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def _milestones(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated epochs such as 100,200,300, got {text!r}"
+        ) from None
+    return vals
+
+
+def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
+    from .data import DATASETS
+    from .training import SCHEDULES, TASKS
+
+    g = p.add_argument_group("model and data")
+    g.add_argument("--task", choices=TASKS, default="dbn",
+                   help="dbn: ZCA-whitening (decorrelated BN) after the stem conv (ECCV22); "
+                        "gcp: global covariance pooling head (iSQRT-COV). Default dbn")
+    g.add_argument("--arch", default="resnet18",
+                   help="resnet18/34/50 (dbn), resnet18/50/101 (gcp). Default resnet18")
+    g.add_argument("--dataset", choices=DATASETS, default="mnist",
+                   help="mnist = the embedded 5,000 real MNIST digits (4,000 train / 1,000 test, "
+                        "no download); cifar10/cifar100/imagefolder need --data-dir. Default mnist")
+    g.add_argument("--data-dir", default=None, help="folder with the dataset files")
+    g.add_argument("--download", action="store_true",
+                   help="let torchvision download CIFAR into --data-dir (never done implicitly)")
+    g.add_argument("--limit-train", type=_positive_int, default=None,
+                   help="train on a stratified subset of this many images")
+    g.add_argument("--limit-test", type=_positive_int, default=None,
+                   help="evaluate on a stratified subset of this many images")
+    g.add_argument("--width", type=_positive_int, default=None,
+                   help="base width of the ResNet (default 16 on mnist, 64 otherwise)")
+    g.add_argument("--method", choices=("eig", "ns", "mpa"), default=None,
+                   help="matrix function of the meta-layer (default eig for dbn, ns for gcp)")
+    g.add_argument("--backward", choices=("exact", "svd", "taylor", "pade"), default="exact",
+                   help="gradient of method=eig (default exact)")
+    g.add_argument("--iters", type=_positive_int, default=None,
+                   help="Newton-Schulz iterations for method=ns (default 5)")
+    g.add_argument("--eps", type=_float, default=1e-2, help="ZCA whitening eps (default 1e-2)")
+    g.add_argument("--groups", type=_positive_int, default=1, help="ZCA channel groups (default 1)")
+    g.add_argument("--reduced-channels", type=_positive_int, default=None,
+                   help="GCP covariance size d (default min(256, 8*width))")
+    g.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=_positive_int,
+                   default=None if compare else 4,
+                   help=f"epochs (default {COMPARE_DEFAULTS['epochs'] if compare else 4})")
+    o.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")
+    o.add_argument("--lr", type=_float, default=None, help="SGD learning rate (default 0.1)")
+    o.add_argument("--momentum", type=_float, default=0.9, help="default 0.9")
+    o.add_argument("--weight-decay", type=_float, default=None,
+                   help="default 5e-4 (dbn, ECCV22) / 1e-4 (gcp, iSQRT-COV)")
+    o.add_argument("--schedule", choices=SCHEDULES, default="multistep",
+                   help="lr schedule, stepped every iteration (default multistep x--gamma)")
+    o.add_argument("--milestones", type=_milestones, default=None,
+                   help="multistep milestones in epochs, e.g. 100,200,300 (default: the papers' "
+                        "fractions of --epochs: dbn 100/200/300 of 350, gcp 30/45/60 of 65)")
+    o.add_argument("--gamma", type=_float, default=0.1, help="multistep factor (default 0.1)")
+    o.add_argument("--nog-rtol", type=_float, default=None,
+                   help="NOG singular-value cut-off (relative to the largest; default none)")
+    o.add_argument("--penalty-coef", type=_float, default=None,
+                   help="lambda of the so/dso/mc/srip penalties (default 1e-2; srip: "
+                        "its epoch schedule)")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:N")
+    r.add_argument("--seed", type=_nonneg_int, default=0, help="default 0")
+    r.add_argument("--monitor-every", type=_positive_int, default=None if compare else 10,
+                   help="record the condition number every N steps (default "
+                        + (f"{COMPARE_DEFAULTS['monitor_every']})" if compare else "10)"))
+    r.add_argument("--out", default=None,
+                   help="output folder (default runs/compare or runs/<treatment>-s<seed>)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    r.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    r.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    r.add_argument("--workers", type=_nonneg_int, default=4,
+                   help="DataLoader workers (imagefolder only; default 4)")
+    r.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch intra-op threads per run (default: "
+                        + ("CPU cores / --jobs on the CPU" if compare else "torch's default") + ")")
+    if compare:
+        r.add_argument("--jobs", type=_positive_int, default=None,
+                       help="runs trained at the same time, one process each (default: the "
+                            "number of CPU cores on the CPU, 1 on a GPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``orthocond`` argument parser (subcommands train, compare, bench)."""
+    from .training import DEFAULT_TREATMENTS, ORTHO_KINDS, TREATMENT_PARTS
+
+    parser = argparse.ArgumentParser(
+        prog="orthocond",
+        description="Covariance conditioning for networks with an SVD meta-layer "
+        "(NOG, OLR, orthogonal Pre-SVD layers).",
+        epilog="Main job: `orthocond compare` (no arguments) -- a CPU comparison of the "
+        "treatments on the embedded MNIST digits in a few minutes.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,bench}")
+    sub.required = True
+
+    tr = sub.add_parser(
+        "train", help="train one model, with progress bar, metrics, checkpoints and plots",
+        description="Train one model. Writes metrics.jsonl, steps.csv, summary.json, "
+        "checkpoint.pt (every epoch, atomic), TensorBoard events (tb/, if installed) and "
+        "condition.png / accuracy.png into --out.",
+    )  # fmt: skip
+    _add_common(tr, compare=False)
+    t = tr.add_argument_group("treatment")
+    t.add_argument("--nog", nargs="?", const="svd", choices=("svd", "ns"), default=None,
+                   help="Nearest Orthogonal Gradient on the Pre-SVD layer (svd by default; "
+                        "ns = Polar-Express matmul iteration)")
+    t.add_argument("--nog-scale", choices=("none", "grad"), default="none",
+                   help="none = the paper's U V^T; grad = rescaled to the gradient norm")
+    t.add_argument("--olr", nargs="?", const="paper", choices=("paper", "exact"), default=None,
+                   help="Optimal Learning Rate for the Pre-SVD layer (paper closed form by "
+                        "default; exact = minimiser of the quartic)")
+    t.add_argument("--ortho", choices=ORTHO_KINDS, default="none",
+                   help="orthogonality of the Pre-SVD layer: hard (geotorch), soc (SOC stem), "
+                        "so/dso/mc/srip (penalty), oni, own, cayley (Cayley SGD). Default none")
+    t.add_argument("--treatment", default=None,
+                   help="a compare-style name such as nog-grad+olr (overrides --nog/--olr/--ortho)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from --out/checkpoint.pt (same settings; --epochs may grow)")
+
+    cp = sub.add_parser(
+        "compare", help="run a grid of treatments x seeds; table + plots (the main job)",
+        description="Train once per treatment and seed; print a markdown table (test "
+        "accuracy mean ± std, covariance condition number final and max, orthogonality "
+        "error, Pre-SVD weight norm, failed runs) and write compare.md, compare.json, "
+        "condition.png (log10 condition number vs step per treatment) and accuracy.png. "
+        "Without arguments: embedded MNIST, DBN ResNet-18 of width "
+        f"{COMPARE_DEFAULTS['width']}, {COMPARE_DEFAULTS['epochs']} epochs, one seed, treatments "
+        f"{','.join(DEFAULT_TREATMENTS)}, one single-threaded run per CPU core at a time.",
+    )  # fmt: skip
+    _add_common(cp, compare=True)
+    cp.add_argument("--treatments", default=",".join(DEFAULT_TREATMENTS),
+                    help="comma-separated treatments; each joins parts of "
+                         f"{{{','.join(TREATMENT_PARTS)}}} with '+' "
+                         f"(default {','.join(DEFAULT_TREATMENTS)})")
+    cp.add_argument("--seeds", type=_positive_int, default=1,
+                    help="seeds per treatment (--seed, --seed+1, ...; default 1)")
+
+    sub.add_parser(
+        "bench", help="benchmark the matrix functions and NOG (forwards to orthocond.bench)",
+        add_help=False,
+    )
+    return parser
+
+
+def _config(args: argparse.Namespace, *, compare: bool) -> Any:
+    from .training import TrainConfig
+
+    epochs = args.epochs
+    width = args.width
+    if compare:
+        if epochs is None:
+            epochs = COMPARE_DEFAULTS["epochs"]
+        if width is None and args.dataset == "mnist":
+            width = COMPARE_DEFAULTS["width"]
+    monitor_every = args.monitor_every or COMPARE_DEFAULTS["monitor_every"]
+    kw: dict[str, Any] = dict(
+        task=args.task, arch=args.arch, dataset=args.dataset, data_dir=args.data_dir,
+        download=args.download, limit_train=args.limit_train, limit_test=args.limit_test,
+        epochs=epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, schedule=args.schedule, milestones=args.milestones,
+        gamma=args.gamma, nog_rtol=args.nog_rtol, penalty_coef=args.penalty_coef,
+        method=args.method, backward=args.backward, iters=args.iters, eps=args.eps,
+        groups=args.groups, width=width, reduced_channels=args.reduced_channels,
+        augment=not args.no_augment, device=args.device, seed=args.seed,
+        monitor_every=monitor_every, workers=args.workers,
+        tensorboard=not args.no_tensorboard, plots=not args.no_plots,
+    )  # fmt: skip
+    if not compare:
+        kw.update(nog=args.nog, nog_scale=args.nog_scale, olr=args.olr, ortho=args.ortho,
+                  treatment=args.treatment)
+    return TrainConfig(**kw)
+
+
+def _print_summary(result: Any, out: Path) -> None:
+    def fmt(v: Any, spec: str = ".4g") -> str:
+        if v is None:
+            return "—"
+        return "inf" if isinstance(v, float) and math.isinf(v) else format(v, spec)
+
+    s = result.summary
+    lines = [
+        f"run          : {result.label} (seed {result.seed})",
+        f"status       : {'FAILED: ' + str(result.reason) if result.failed else 'ok'}",
+        f"epochs/steps : {result.epochs_completed} / {result.steps} in {result.wall_s:.1f} s",
+        f"test acc     : final {fmt(result.final_acc and 100 * result.final_acc, '.2f')}% "
+        f"best {fmt(result.best_acc and 100 * result.best_acc, '.2f')}%",
+        f"cond (kappa) : final {fmt(result.cond_final, '.3g')}, max {fmt(result.cond_max, '.3g')}"
+        f" ({result.cond_key})",
+        f"Pre-SVD W    : ortho err {fmt(result.ortho_err, '.3g')}, "
+        f"||W||_F {fmt(result.weight_norm, '.3g')}",
+        f"non-finite   : loss {s.get('nonfinite_loss', 0)}, grad {s.get('nonfinite_grad', 0)}",
+        f"outputs      : {out}",
+    ]
+    print("\n".join(lines))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    cfg = _config(args, compare=False)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else Path("runs") / f"{_slug(cfg.label)}-s{cfg.seed}"
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    result = train(cfg, out=out, resume=args.resume, progress=not args.quiet, log=log)
+    _print_summary(result, out)
+    return 1 if result.failed else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .training import compare, format_table
+
+    cfg = _config(args, compare=True)
+    treatments = [t.strip() for t in args.treatments.split(",") if t.strip()]
+    out = Path(args.out) if args.out else Path("runs") / "compare"
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    from .training import parse_treatment, resolve_device
+
+    for t in treatments:
+        parse_treatment(t)  # fail before starting any run
+    runs = len(treatments) * args.seeds
+    on_cpu = resolve_device(cfg.device).type == "cpu"
+    jobs = args.jobs or (min(_cpu_count(), runs) if on_cpu else 1)
+    threads = args.threads or (max(1, _cpu_count() // jobs) if on_cpu else None)
+    t0 = time.perf_counter()
+    rows, results = compare(
+        cfg, treatments, seeds=args.seeds, out=out, progress=not args.quiet and jobs == 1,
+        log=log, jobs=jobs, threads=threads,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    print(format_table(rows))
+    print(
+        f"\n{len(results)} runs ({jobs} at a time, {threads or 'default'} thread(s) each) in "
+        f"{wall:.0f} s; table: {out / 'compare.md'}, "
+        f"{out / 'compare.json'}; plots: {out / 'condition.png'}, {out / 'accuracy.png'}"
+    )
+    for r in rows:
+        for reason in r["reasons"]:
+            print(f"failed run of {r['treatment']}: {reason}")
+    return 0
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name.replace("+", "_"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``orthocond`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        from . import bench
+
+        return int(bench.main(argv[1:]) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _cmd_train(args)
+        return _cmd_compare(args)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"orthocond {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

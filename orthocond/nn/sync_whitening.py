@@ -1,0 +1,256 @@
+"""Synchronised decorrelated batch normalization: ZCA whitening with statistics over all processes.
+
+Like ``nn.SyncBatchNorm`` for :class:`~orthocond.nn.DecorrelatedBatchNorm2d`. With ``R`` processes,
+process ``r`` holding the values ``X_g^{(r)}`` (c × M_r) of channel group ``g``, training mode
+whitens with the statistics of the concatenated batch::
+
+    M   = Σ_r M_r                                   (all-reduce 1: counts and per-channel sums)
+    μ_g = Σ_r X_g^{(r)} 1 / M
+    Σ_g = Σ_r (X_g^{(r)} - μ_g 1ᵀ)(X_g^{(r)} - μ_g 1ᵀ)ᵀ / M   (all-reduce 2: centred outer products)
+    y   = γ (Σ_g + εI)^{-1/2} (X_g^{(r)} - μ_g 1ᵀ) + β
+
+so every process computes exactly what one process computes on the whole batch (up to the order
+of the floating-point sums). The outer products are summed around the global mean (two
+all-reduces of G·c + 1 and G·c² numbers) rather than as raw second moments ``Σ x xᵀ``: raw
+moments lose all precision when ``|μ| ≫ σ`` (float32 with ``|μ|/σ = 1e4`` already cancels every
+digit). Both all-reduces are differentiable (their backward is the all-reduce of the incoming
+gradient), so the gradient on each process includes the other processes' losses, as with one
+process. Eval mode with running statistics and every call outside an initialised process group
+(or in a group of size 1) is exactly :class:`~orthocond.nn.DecorrelatedBatchNorm2d`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ._common import check_input, compute_dtype, no_autocast
+from .whitening import DecorrelatedBatchNorm1d, DecorrelatedBatchNorm2d
+
+__all__ = [
+    "SyncDecorrelatedBatchNorm1d",
+    "SyncDecorrelatedBatchNorm2d",
+    "convert_sync_decorrelated_batchnorm",
+]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """``Σ_r t_r`` on every process; backward: ``Σ_r grad_r`` (the adjoint of a sum broadcast)."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def _all_reduce_sum(tensor: Tensor, group: Any) -> Tensor:
+    if tensor.requires_grad:
+        return _AllReduceSum.apply(tensor, group)
+    out = tensor.clone(memory_format=torch.contiguous_format)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out
+
+
+def _group_view(x: Tensor, groups: int) -> Tensor:
+    """(N, C, *) -> (G, c, N·L), also for N = 0 (an empty local batch)."""
+    n, channels = x.shape[:2]
+    length = math.prod(x.shape[2:])
+    c = channels // groups
+    return x.reshape(n, groups, c, length).permute(1, 2, 0, 3).reshape(groups, c, n * length)
+
+
+def _ungroup(y: Tensor, shape: torch.Size) -> Tensor:
+    groups, c = y.shape[:2]
+    n, length = shape[0], math.prod(shape[2:])
+    return y.reshape(groups, c, n, length).permute(2, 0, 1, 3).reshape(shape)
+
+
+def _check_process_group(process_group: Any) -> None:
+    if process_group is None:
+        return
+    pg_type = getattr(dist, "ProcessGroup", None) if dist.is_available() else None
+    if pg_type is None or not isinstance(process_group, pg_type):
+        raise TypeError(
+            "process_group must be None (the default group) or a torch.distributed.ProcessGroup, "
+            f"got {type(process_group).__name__}"
+        )
+
+
+def _world_size(group: Any) -> int:
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+class _SyncMixin:
+    """Training-mode statistics all-reduced over ``process_group``; everything else inherited."""
+
+    process_group: Any
+
+    def _sync_active(self) -> bool:
+        use_batch_stats = self.training or not self.track_running_stats  # type: ignore[attr-defined]
+        return use_batch_stats and _world_size(self.process_group) > 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._sync_active():
+            return super().forward(x)  # type: ignore[misc]
+        name = type(self).__name__
+        check_input(x, name, self._input_ndims, self.num_features, self._layout)  # type: ignore[attr-defined]
+        groups = self.groups  # type: ignore[attr-defined]
+        group = self.process_group
+        with no_autocast(x.device.type):
+            xg = _group_view(x.to(compute_dtype(x.dtype)), groups)  # (G, c, M_local)
+            local_count = torch.full((1,), float(xg.shape[-1]), dtype=xg.dtype, device=xg.device)
+            packed = _all_reduce_sum(torch.cat([xg.sum(-1).reshape(-1), local_count]), group)
+            count = packed[-1]
+            total = int(count.item())
+            if self.training and total < 2:
+                raise ValueError(
+                    f"{name} needs more than 1 value per channel in training over all processes, "
+                    f"got {total} (local input of shape {tuple(x.shape)})"
+                )
+            mean = packed[:-1].reshape(xg.shape[0], xg.shape[1]) / count.clamp_min(1.0)
+            centred = xg - mean.unsqueeze(-1)
+            scatter = _all_reduce_sum(centred @ centred.transpose(-2, -1), group)
+            cov = scatter / count.clamp_min(1.0)
+            if self.training and self.track_running_stats:  # type: ignore[attr-defined]
+                self._update_running(mean.detach(), cov.detach())  # the parent's update
+            W = self._whitening(cov)  # type: ignore[attr-defined]  # (Σ + εI)^{-1/2}
+            y = W @ centred
+            if self.weight is not None:  # type: ignore[attr-defined]
+                shape = (y.shape[0], y.shape[1], 1)
+                y = y * self.weight.to(y.dtype).reshape(shape)  # type: ignore[attr-defined]
+                y = y + self.bias.to(y.dtype).reshape(shape)  # type: ignore[attr-defined]
+            return _ungroup(y, x.shape).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        pg = "" if self.process_group is None else f", process_group={self.process_group}"
+        return super().extra_repr() + pg  # type: ignore[misc]
+
+
+def _init_sync(module: Any, process_group: Any) -> None:
+    _check_process_group(process_group)
+    module.process_group = process_group
+
+
+class SyncDecorrelatedBatchNorm2d(_SyncMixin, DecorrelatedBatchNorm2d):
+    r""":class:`~orthocond.nn.DecorrelatedBatchNorm2d` whose training statistics (mean and
+    channel-group covariance) are computed over the whole batch of all processes of
+    ``process_group`` (default: the world group), like ``nn.SyncBatchNorm``.
+
+    Same arguments, buffers, parameters and eval behaviour as the parent, plus
+    ``process_group``. Per training call: two all-reduces (per-group sums with the value
+    count, then the outer products centred on the global mean); the gradient flows through
+    both, so each process's input gradient accounts for every process's loss. Processes may
+    hold different batch sizes (even 0, if another holds at least 2 values per channel).
+    Outside an initialised ``torch.distributed`` process group, in a group of one process, and
+    in eval mode with running statistics it is exactly the parent. Build it directly or convert
+    a model with :func:`convert_sync_decorrelated_batchnorm`; the input is (N, C, H, W).
+
+    Example:
+        >>> # in each process, after torch.distributed.init_process_group(...)
+        >>> model = convert_sync_decorrelated_batchnorm(model)   # doctest: +SKIP
+        >>> ddp = torch.nn.parallel.DistributedDataParallel(model)  # doctest: +SKIP
+    """
+
+    def __init__(self, num_features: int, *, process_group: Any = None, **kwargs: Any) -> None:
+        super().__init__(num_features, **kwargs)
+        _init_sync(self, process_group)
+
+
+class SyncDecorrelatedBatchNorm1d(_SyncMixin, DecorrelatedBatchNorm1d):
+    r""":class:`~orthocond.nn.DecorrelatedBatchNorm1d` with statistics over all processes; see
+    :class:`SyncDecorrelatedBatchNorm2d`. Input (N, C) or (N, C, L).
+
+    Example:
+        >>> layer = SyncDecorrelatedBatchNorm1d(16, groups=4)   # parent behaviour without a group
+        >>> y = layer(torch.randn(8, 16))
+    """
+
+    def __init__(self, num_features: int, *, process_group: Any = None, **kwargs: Any) -> None:
+        super().__init__(num_features, **kwargs)
+        _init_sync(self, process_group)
+
+
+_SYNC_OF = {
+    DecorrelatedBatchNorm2d: SyncDecorrelatedBatchNorm2d,
+    DecorrelatedBatchNorm1d: SyncDecorrelatedBatchNorm1d,
+}
+
+
+def _convert_one(module: nn.Module, process_group: Any) -> nn.Module:
+    sync_cls = _SYNC_OF.get(type(module))
+    if sync_cls is None:
+        return module
+    new = sync_cls(
+        module.num_features,
+        groups=module.groups,
+        eps=module.eps,
+        momentum=module.momentum,
+        affine=module.affine,
+        track_running_stats=module.track_running_stats,
+        method=module.method,
+        backward=module.backward,
+        iters=module.iters,
+        process_group=process_group,
+    )
+    # Share parameters (optimizers built before the conversion keep working) and buffers.
+    if module.affine:
+        new.weight = module.weight
+        new.bias = module.bias
+    for name in ("running_mean", "running_cov", "num_batches_tracked"):
+        setattr(new, name, getattr(module, name))
+    new.capture_covariance = module.capture_covariance
+    new.train(module.training)
+    if hasattr(module, "qconfig"):
+        new.qconfig = module.qconfig
+    return new
+
+
+def convert_sync_decorrelated_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
+    """Replace every :class:`~orthocond.nn.DecorrelatedBatchNorm2d` (and ``1d``) in ``module``
+    by its synchronised version, like ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+
+    The new layers reuse the old ones' parameters and buffers (same tensor objects, so an
+    optimizer built before the conversion still updates them) and their configuration
+    (groups, eps, momentum, method, backward, iters, training mode, ``capture_covariance``).
+    Only instances of exactly these two classes are converted: layers that are already
+    synchronised and user subclasses (which may override ``forward``) are left as they are.
+
+    Args:
+        module: a model or a single layer.
+        process_group: the group to synchronise over (None: the default world group).
+
+    Returns:
+        The converted module (a new object when ``module`` itself is a decorrelated BN,
+        else ``module`` modified in place).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), DecorrelatedBatchNorm2d(8))
+        >>> net = convert_sync_decorrelated_batchnorm(net)
+        >>> type(net[1]).__name__
+        'SyncDecorrelatedBatchNorm2d'
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    _check_process_group(process_group)
+    converted = _convert_one(module, process_group)
+    if converted is not module:
+        return converted
+    for name, child in module.named_children():
+        new_child = convert_sync_decorrelated_batchnorm(child, process_group)
+        if new_child is not child:
+            module.add_module(name, new_child)
+    return module
