@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -391,3 +393,18 @@ def test_eig_on_streams_matches_single_stream_cuda():
     set_eigh_streams(8)
     assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)
     assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)
+
+
+def test_cond_reports_nan_for_non_finite_matrices():
+    A = torch.stack([spd(3), torch.full((3, 3), float("nan"), dtype=torch.float64)])
+    kappa = cond(A)
+    assert math.isfinite(kappa[0].item()) and math.isnan(kappa[1].item())
+
+
+def test_lyapunov_sign_solves_the_equation():
+    from orthocond.linalg import lyapunov_sign
+
+    B = spd(6, kappa=5.0)
+    C = torch.randn(6, 6, dtype=torch.float64)
+    X = lyapunov_sign(B, C, 30)
+    assert torch.allclose(B @ X + X @ B, C, atol=1e-10)

@@ -46,8 +46,8 @@ def check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
 
 
 def check_eps(eps: float) -> None:
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0 or eps != eps:
-        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps < float("inf"):
+        raise ValueError(f"eps must be a non-negative finite float, got {eps!r}")
 
 
 def check_positive_int(value: int, name: str) -> None:

@@ -160,7 +160,8 @@ def cond(A: Tensor) -> Tensor:
     r"""Condition number :math:`\lambda_{max}/\lambda_{min}` of symmetric PSD matrices, in float64.
 
     Returns ``inf`` where :math:`\lambda_{min} \le 0` (singular), ``1`` for a multiple of the
-    identity. Not differentiable (a diagnostic).
+    identity, ``nan`` for a matrix holding NaN or Inf (a diverged run is reported, not
+    raised). Not differentiable (a diagnostic).
 
     Args:
         A (Tensor[..., n, n]).
@@ -174,6 +175,9 @@ def cond(A: Tensor) -> Tensor:
     """
     check_matrix(A, "A", finite=False)
     with torch.no_grad():
-        evals = torch.linalg.eigvalsh(sym(A.detach().to(torch.float64)))
+        A64 = A.detach().to(torch.float64)
+        finite = torch.isfinite(A64).flatten(-2).all(-1)
+        evals = torch.linalg.eigvalsh(sym(torch.where(finite[..., None, None], A64, 0.0)))
         lo, hi = evals[..., 0], evals[..., -1]
-        return torch.where(lo > 0, hi / lo.clamp_min(torch.finfo(torch.float64).tiny), torch.inf)
+        kappa = torch.where(lo > 0, hi / lo.clamp_min(torch.finfo(torch.float64).tiny), torch.inf)
+        return torch.where(finite, kappa, torch.nan)

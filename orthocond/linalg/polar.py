@@ -57,8 +57,12 @@ def polar_express_coefficients(
     cannot push a singular value past the polynomial's design range. Once the interval
     has collapsed, the quintic Newton–Schulz polish (15/8, -10/8, 3/8) finishes.
     """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(lower, (int, float)) or isinstance(lower, bool) or not 0 < lower < 1:
+        raise ValueError(f"lower must be a float in the open interval (0, 1), got {lower!r}")
     coefs = []
-    lo, hi = lower, 1.0
+    lo, hi = float(lower), 1.0
     for _ in range(steps):
         if hi - lo < 1e-7:
             coefs.append((1.875, -1.25, 0.375))
@@ -133,8 +137,11 @@ def polar(
             raise ValueError(
                 "rtol needs method='svd': the 'ns' iteration cannot cut singular values"
             )
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if steps is not None:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        if method != "ns":
+            raise ValueError(f"steps applies to method='ns' only; got method={method!r}")
     work = compute_dtype(G.dtype)
     with no_autocast(G.device.type):
         X = G.to(work)
