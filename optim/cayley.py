@@ -45,6 +45,8 @@ def _cayley_retract(X: Tensor, M: Tensor, lr: float, q: float, s: int, eps: floa
                     omega_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One iterative-Cayley move of X (n x k, X^T X = I) along the ascent direction M.
 
+    Omega = What - What^T with What = M X^T - X (X^T M X^T) / 2; the fixed point starts at
+    Y0 = X + alpha Omega X (the tangent momentum) and iterates Y <- X + alpha/2 Omega (X + Y).
     Returns the new X and the skew generator Omega (n x n) used.
     """
     MX = M @ X.T
@@ -56,10 +58,10 @@ def _cayley_retract(X: Tensor, M: Tensor, lr: float, q: float, s: int, eps: floa
     # computed on the device (no host sync).
     norm1 = Omega.abs().sum(dim=0).amax()
     alpha = torch.clamp(2.0 * q / (norm1 + eps), max=lr)
-    if omega_scale is None:
-        Y = X + alpha * M
-    else:
-        Y = X + alpha * (Omega @ X)
+    # Start from the tangent momentum Omega X (Algorithm 1: M <- Omega X, then Y0 = X + alpha M).
+    # The raw M has a normal component that the fixed-point iteration does not remove: with
+    # alpha clipped, two iterations then leave an O(1) orthogonality error (or diverge).
+    Y = X + alpha * (Omega @ X)
     half = 0.5 * alpha
     for _ in range(s):
         Y = X + half * (Omega @ (X + Y))
@@ -111,7 +113,8 @@ class CayleySGD(_StiefelOptimizer):
     1. :math:`M \leftarrow \beta M - \nabla_X l` (``momentum`` :math:`\beta`).
     2. :math:`\hat W = MX^T - \tfrac12 X(X^TMX^T)`, :math:`\Omega = \hat W - \hat W^T` (skew).
     3. :math:`\alpha = \min(\text{lr}, 2q/(\|\Omega\|_1 + \epsilon))`.
-    4. :math:`Y_0 = X + \alpha M`; :math:`Y_{i+1} = X + \tfrac{\alpha}{2}\Omega(X + Y_i)`,
+    4. :math:`Y_0 = X + \alpha\Omega X` (the momentum projected to the tangent space,
+       Algorithm 1's :math:`M \leftarrow \Omega X`); :math:`Y_{i+1} = X + \tfrac{\alpha}{2}\Omega(X + Y_i)`,
        ``s`` times (fixed-point iteration of the Cayley transform
        :math:`(I - \tfrac{\alpha}{2}\Omega)^{-1}(I + \tfrac{\alpha}{2}\Omega)X`, contraction
        :math:`\le q`); :math:`X \leftarrow Y_s`.

@@ -63,7 +63,7 @@ def test_compiled_decorrelated_batchnorm_matches_eager(backend):
         _assert_same_grads(eager, compiled_layer, tol)
         torch.testing.assert_close(compiled_layer.running_cov, eager.running_cov, rtol=tol, atol=tol)
         assert int(compiled_layer.num_batches_tracked) == step + 1
-    # eval mode: running statistics, batch-independent (may graph-break: see the next test)
+    # eval mode: running statistics, batch-independent (no graph break: see the next test)
     eager.eval(), compiled_layer.eval()
     compiled = torch.compile(compiled_layer, backend=backend)
     x = torch.randn(3, 6, 4, 4)
@@ -71,12 +71,9 @@ def test_compiled_decorrelated_batchnorm_matches_eager(backend):
     torch.testing.assert_close(compiled(x[:1]), eager(x)[:1], rtol=tol, atol=tol)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: nn/whitening.py _cache_key compares running_cov.data_ptr()/_version, which "
-    "Dynamo cannot trace: graph break in eval mode ('Data pointer comparison')",
-)
 def test_compiled_decorrelated_batchnorm_eval_has_no_graph_break():
+    """Regression: the eval cache key (running_cov.data_ptr()/_version) broke the graph; the
+    cache is bypassed while compiling."""
     layer = onn.DecorrelatedBatchNorm2d(6)
     layer(torch.randn(8, 6, 4, 4))
     layer.eval()

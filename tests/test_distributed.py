@@ -285,3 +285,15 @@ def test_sync_bad_arguments():
         SyncDecorrelatedBatchNorm2d(4, groups=3)
     with pytest.raises(ValueError, match="expects 4 channels"):
         SyncDecorrelatedBatchNorm2d(4)(torch.randn(2, 3, 2, 2))
+
+
+def test_sync_layers_exported_from_orthocond_nn():
+    from orthocond import nn as onn
+
+    assert onn.SyncDecorrelatedBatchNorm2d is SyncDecorrelatedBatchNorm2d
+    assert onn.SyncDecorrelatedBatchNorm1d is SyncDecorrelatedBatchNorm1d
+    assert onn.convert_sync_decorrelated_batchnorm is convert_sync_decorrelated_batchnorm
+    names = {"SyncDecorrelatedBatchNorm1d", "SyncDecorrelatedBatchNorm2d",
+             "convert_sync_decorrelated_batchnorm"}
+    assert names <= set(onn.__all__)
+    assert isinstance(SyncDecorrelatedBatchNorm2d(4), onn.META_LAYERS)

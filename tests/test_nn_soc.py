@@ -102,11 +102,47 @@ def test_weight_parameter_gradient_and_state_dict():
     assert y.shape == (2, 8, 6, 6)
     y.square().sum().backward()
     assert soc.weight.grad is not None and torch.isfinite(soc.weight.grad).all()
-    assert set(soc.state_dict()) == {"weight", "bias", "power_vectors"}
+    assert set(soc.state_dict()) == {"weight", "bias", "power_vectors", "num_train_forwards"}
     other = SkewOrthogonalConv2d(3, 8, 3)
     other.load_state_dict(soc.state_dict())
     x = torch.randn(1, 3, 6, 6)
     assert torch.equal(other.eval()(x), soc.eval()(x))
+
+
+def _perturb(soc: SkewOrthogonalConv2d, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        soc.weight.add_(0.3 * torch.randn(soc.weight.shape, generator=g))
+
+
+def test_state_dict_round_trip_keeps_refresh_counter_and_resumed_run_matches():
+    """The training-forward counter that schedules the 50-iteration power refresh (every 200
+    forwards) is a buffer: a model loaded from a checkpoint refreshes on the same steps."""
+    torch.manual_seed(0)
+    soc = SkewOrthogonalConv2d(3, 3, 3)
+    x = torch.randn(2, 3, 6, 6)
+    for step in range(3):
+        _perturb(soc, step)
+        soc(x)
+    assert int(soc.num_train_forwards) == 3
+    state = soc.state_dict()
+    assert int(state["num_train_forwards"]) == 3
+    resumed = SkewOrthogonalConv2d(3, 3, 3)
+    resumed.load_state_dict(state)
+    assert int(resumed.num_train_forwards) == 3
+    for module in (soc, resumed):  # step 4: 1 power iteration in both (a reset counter: 50)
+        _perturb(module, 10)
+    torch.testing.assert_close(resumed(x), soc(x), rtol=0, atol=0)
+    assert torch.equal(resumed.power_vectors, soc.power_vectors)
+    assert int(resumed.num_train_forwards) == int(soc.num_train_forwards) == 4
+    soc.reset_parameters()
+    assert int(soc.num_train_forwards) == 0
+    # a checkpoint written before the counter was a buffer still loads (counter 0)
+    old = soc.state_dict()
+    del old["num_train_forwards"]
+    old._metadata[""]["version"] = 1
+    resumed.load_state_dict(old)
+    assert int(resumed.num_train_forwards) == 0
 
 
 def test_channel_slicing_and_zero_weight():

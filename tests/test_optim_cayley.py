@@ -68,7 +68,7 @@ def test_cayley_sgd_single_step_matches_algorithm_float64():
         What = M @ X.T - 0.5 * X @ (X.T @ M @ X.T)
         Om = What - What.T
         alpha = min(0.3, 2 * 0.5 / (Om.abs().sum(0).max().item() + 1e-8))
-        Y = X + alpha * M
+        Y = X + alpha * (Om @ X)  # M <- Omega X before Y0 = X + alpha M
         for _ in range(2):
             Y = X + alpha / 2 * Om @ (X + Y)
         X = Y

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from orthocond.nn import DecorrelatedBatchNorm2d, GlobalCovPool, SkewOrthogonalConv2d
-from orthocond.nn._common import check_int
+from orthocond.nn._common import check_input, check_int
 
 __all__ = [
     "ResNet",
@@ -72,6 +72,11 @@ class ResNet(nn.Module):
 
     Attributes:
         feature_channels (int): C, the channels leaving ``layer4``.
+        in_channels (int | None): image channels expected by ``stem_conv`` (its
+            ``in_channels``; None when it has none: then dim 1 is not checked).
+
+    Input checks: ``forward``/``forward_features`` raise ``TypeError`` for a non-tensor or
+    non-floating input and ``ValueError`` unless it has shape (N, in_channels, H, W).
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.conv1 = stem_conv
+        self.in_channels: int | None = getattr(stem_conv, "in_channels", None)
         self.bn1 = stem_norm
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if maxpool else nn.Identity()
@@ -117,6 +123,7 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x (Tensor[B, in_channels, H, W]) -> layer4 output (Tensor[B, C, H', W'])."""
+        check_input(x, type(self).__name__, (4,), self.in_channels, "(N, C, H, W)")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 

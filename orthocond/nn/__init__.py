@@ -16,6 +16,11 @@ from __future__ import annotations
 
 from .covpool import GlobalCovPool, global_cov_pool, pooled_covariance, triu_vectorize
 from .soc import SkewOrthogonalConv2d, conv_norm_bound_matrices
+from .sync_whitening import (
+    SyncDecorrelatedBatchNorm1d,
+    SyncDecorrelatedBatchNorm2d,
+    convert_sync_decorrelated_batchnorm,
+)
 from .whitening import (
     DecorrelatedBatchNorm1d,
     DecorrelatedBatchNorm2d,
@@ -23,7 +28,8 @@ from .whitening import (
     zca_whitening_matrix,
 )
 
-#: The meta-layer classes (layers with a matrix-function of a covariance inside).
+#: The meta-layer classes (layers with a matrix-function of a covariance inside; the
+#: synchronised decorrelated BNs are subclasses, so ``isinstance`` checks cover them).
 META_LAYERS = (GlobalCovPool, DecorrelatedBatchNorm2d, DecorrelatedBatchNorm1d)
 
 __all__ = [
@@ -32,7 +38,10 @@ __all__ = [
     "DecorrelatedBatchNorm2d",
     "GlobalCovPool",
     "SkewOrthogonalConv2d",
+    "SyncDecorrelatedBatchNorm1d",
+    "SyncDecorrelatedBatchNorm2d",
     "conv_norm_bound_matrices",
+    "convert_sync_decorrelated_batchnorm",
     "global_cov_pool",
     "pooled_covariance",
     "triu_vectorize",

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 from torch import Tensor
 
 from orthocond import linalg
 from orthocond.linalg._utils import compute_dtype, no_autocast
 
 __all__ = [
+    "check_bool",
     "check_input",
     "check_int",
     "check_matrix_function",
     "check_nonneg_float",
     "compute_dtype",
+    "is_compiling",
     "matrix_function_kwargs",
     "no_autocast",
 ]
+
+
+def is_compiling() -> bool:
+    """True while Dynamo traces (``torch.compile``): skip host-side state and data checks then."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def check_bool(value: Any, name: str) -> None:
+    """Raise ``TypeError`` unless ``value`` is a bool (``bool("no")`` would silently be True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
 def check_int(value: Any, name: str, *, minimum: int = 1) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from orthocond import linalg
 
 from ._common import (
+    check_bool,
     check_input,
     check_int,
     check_matrix_function,
@@ -64,7 +65,12 @@ def pooled_covariance(x: Tensor, eps: float = 0.0) -> Tensor:
     with ``X_b`` the (d, H·W) matrix of sample ``b`` (biased, centred by subtracting the mean,
     never through an M×M centring matrix). Computed in float32 (float64 for float64 input),
     autocast off.
+
+    Example:
+        >>> pooled_covariance(torch.randn(2, 8, 7, 7), eps=1e-5).shape
+        torch.Size([2, 8, 8])
     """
+    check_input(x, "pooled_covariance", (4,), None, "(B, C, H, W)")
     check_nonneg_float(eps, "eps")
     with no_autocast(x.device.type):
         X = x.flatten(2).to(compute_dtype(x.dtype))
@@ -109,6 +115,7 @@ def global_cov_pool(
     """
     check_input(x, "global_cov_pool", (4,), None, "(B, C, H, W)")
     check_matrix_function(method, backward, iters)
+    check_bool(vectorize, "vectorize")
     out = _root_and_vectorize(pooled_covariance(x, eps), method, iters, backward, vectorize)
     return out.to(x.dtype)
 
@@ -161,13 +168,14 @@ class GlobalCovPool(nn.Module):
             check_int(reduced_channels, "reduced_channels")
         check_matrix_function(method, backward, iters)
         check_nonneg_float(eps, "eps")
+        check_bool(vectorize, "vectorize")
         self.in_channels = in_channels
         self.reduced_channels = reduced_channels
         self.method = method
         self.iters = iters
         self.backward = backward
         self.eps = float(eps)
-        self.vectorize = bool(vectorize)
+        self.vectorize = vectorize
         self.pre_svd: nn.Conv2d | None
         self.bn: nn.BatchNorm2d | None
         if reduced_channels is None:

@@ -14,6 +14,7 @@ truncation error is at most ``Σ_{i>T} 0.7^i/i!`` (T = 5: 1.8e-4; T = 12: 1.6e-1
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,17 @@ def conv_norm_bound_matrices(kernel: Tensor) -> list[Tensor]:
     c_in·kh), ``R_3 = K`` flattened to (c_out, c_in·kh·kw) and ``R_4[(o,p,q), i]``
     (c_out·kh·kw × c_in). Each bound follows from splitting the convolution into a partial
     im2col (norm <= sqrt(#shifts)), a matrix, and a sum of shifts (norm <= sqrt(#shifts)).
+
+    Example:
+        >>> [tuple(R.shape) for R in conv_norm_bound_matrices(torch.randn(4, 2, 3, 5))]
+        [(12, 10), (20, 6), (4, 30), (60, 2)]
     """
+    if not isinstance(kernel, Tensor):
+        raise TypeError(f"kernel must be a torch.Tensor, got {type(kernel).__name__}")
+    if kernel.ndim != 4:
+        raise ValueError(
+            f"kernel must have 4 dims (c_out, c_in, kh, kw), got shape {tuple(kernel.shape)}"
+        )
     co, ci, kh, kw = kernel.shape
     return [
         kernel.permute(0, 2, 1, 3).reshape(co * kh, ci * kw),
@@ -62,6 +73,8 @@ class SkewOrthogonalConv2d(nn.Module):
     :func:`conv_norm_bound_matrices`; each ``||R_i||_2`` is ``||R_i v_i||`` with ``v_i`` from
     power iteration, warm-started from the buffer ``power_vectors`` (50 iterations at
     construction and every 200 training forwards, 1 per other training forward, none in eval).
+    The training forwards are counted in the buffer ``num_train_forwards`` (in the state_dict,
+    so a resumed run refreshes on the same steps).
 
     Args:
         in_channels, out_channels: channels of the (N, C_in, H, W) input and of the output.
@@ -74,12 +87,16 @@ class SkewOrthogonalConv2d(nn.Module):
     Attributes:
         weight (nn.Parameter[c, c, kh, kw]): the trainable A, init N(0, 1/c); the tensor
             NOG/OLR act on (flattened to (c, c·kh·kw)).
+        power_vectors (buffer, Tensor[sum of the R_i column counts]): power-iteration vectors.
+        num_train_forwards (buffer, Tensor[] long): training forwards since the last reset.
 
     Example:
         >>> soc = SkewOrthogonalConv2d(16, 16, 3)
         >>> x = torch.randn(2, 16, 8, 8)
         >>> y = soc.eval()(x)     # ||y|| == ||x|| to ~1e-7 in float32
     """
+
+    _version = 2  # 2: num_train_forwards is a buffer
 
     def __init__(
         self,
@@ -126,6 +143,9 @@ class SkewOrthogonalConv2d(nn.Module):
         sizes = [m.shape[1] for m in conv_norm_bound_matrices(torch.empty(c, c, kh, kw))]
         self._vector_sizes = sizes
         self.register_buffer("power_vectors", torch.empty(sum(sizes)))
+        self.register_buffer("num_train_forwards", torch.tensor(0, dtype=torch.long))
+        # Host-side mirror of num_train_forwards: schedules the refresh without reading the
+        # buffer (a device sync) every step; re-read from the buffer by load_state_dict.
         self._train_forwards = 0
         self.reset_parameters()
 
@@ -136,8 +156,21 @@ class SkewOrthogonalConv2d(nn.Module):
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
             self.power_vectors.normal_()
+            self.num_train_forwards.zero_()
         self._train_forwards = 0
         self._power_iterate(self.skew_symmetric_part().detach(), _REFRESH_ITERS)
+
+    def _load_from_state_dict(
+        self, state_dict: Mapping[str, Any], prefix: str, local_metadata: dict[str, Any],
+        *args: Any, **kwargs: Any,
+    ) -> None:
+        key = prefix + "num_train_forwards"
+        version = local_metadata.get("version")
+        if (version is None or version < 2) and key not in state_dict:
+            # checkpoints before the counter was a buffer: refresh at the next training forward
+            state_dict[key] = torch.tensor(0, dtype=torch.long)  # type: ignore[index]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+        self._train_forwards = int(self.num_train_forwards)
 
     def skew_symmetric_part(self) -> Tensor:
         """S = (A - Aᵀ)/2, Aᵀ = A with channels swapped and kernel flipped: (c, c, kh, kw)."""
@@ -179,6 +212,7 @@ class SkewOrthogonalConv2d(nn.Module):
                 iters = _REFRESH_ITERS if self._train_forwards % _REFRESH_EVERY == 0 else 1
                 self._power_iterate(S.detach(), iters)
                 self._train_forwards += 1
+                self.num_train_forwards.add_(1)
             tiny = torch.finfo(S.dtype).tiny ** 0.5
             return S * (self.bound_scale / self.norm_bound(S).clamp_min(tiny))
 

@@ -21,7 +21,6 @@ process. Eval mode with running statistics and every call outside an initialised
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -29,7 +28,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._common import check_input, compute_dtype, no_autocast
-from .whitening import DecorrelatedBatchNorm1d, DecorrelatedBatchNorm2d
+from .whitening import (
+    DecorrelatedBatchNorm1d,
+    DecorrelatedBatchNorm2d,
+    _affine,
+    _from_groups,
+    _to_groups,
+)
 
 __all__ = [
     "SyncDecorrelatedBatchNorm1d",
@@ -61,20 +66,6 @@ def _all_reduce_sum(tensor: Tensor, group: Any) -> Tensor:
     out = tensor.clone(memory_format=torch.contiguous_format)
     dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
     return out
-
-
-def _group_view(x: Tensor, groups: int) -> Tensor:
-    """(N, C, *) -> (G, c, N·L), also for N = 0 (an empty local batch)."""
-    n, channels = x.shape[:2]
-    length = math.prod(x.shape[2:])
-    c = channels // groups
-    return x.reshape(n, groups, c, length).permute(1, 2, 0, 3).reshape(groups, c, n * length)
-
-
-def _ungroup(y: Tensor, shape: torch.Size) -> Tensor:
-    groups, c = y.shape[:2]
-    n, length = shape[0], math.prod(shape[2:])
-    return y.reshape(groups, c, n, length).permute(2, 0, 1, 3).reshape(shape)
 
 
 def _check_process_group(process_group: Any) -> None:
@@ -111,7 +102,7 @@ class _SyncMixin:
         groups = self.groups  # type: ignore[attr-defined]
         group = self.process_group
         with no_autocast(x.device.type):
-            xg = _group_view(x.to(compute_dtype(x.dtype)), groups)  # (G, c, M_local)
+            xg = _to_groups(x.to(compute_dtype(x.dtype)), groups)  # (G, c, M_local); M_local may be 0
             local_count = torch.full((1,), float(xg.shape[-1]), dtype=xg.dtype, device=xg.device)
             packed = _all_reduce_sum(torch.cat([xg.sum(-1).reshape(-1), local_count]), group)
             count = packed[-1]
@@ -126,14 +117,10 @@ class _SyncMixin:
             scatter = _all_reduce_sum(centred @ centred.transpose(-2, -1), group)
             cov = scatter / count.clamp_min(1.0)
             if self.training and self.track_running_stats:  # type: ignore[attr-defined]
-                self._update_running(mean.detach(), cov.detach())  # the parent's update
+                self._update_running(mean, cov)  # type: ignore[attr-defined]  # the parent's
             W = self._whitening(cov)  # type: ignore[attr-defined]  # (Σ + εI)^{-1/2}
-            y = W @ centred
-            if self.weight is not None:  # type: ignore[attr-defined]
-                shape = (y.shape[0], y.shape[1], 1)
-                y = y * self.weight.to(y.dtype).reshape(shape)  # type: ignore[attr-defined]
-                y = y + self.bias.to(y.dtype).reshape(shape)  # type: ignore[attr-defined]
-            return _ungroup(y, x.shape).to(x.dtype)
+            y = _affine(W @ centred, self.weight, self.bias)  # type: ignore[attr-defined]
+            return _from_groups(y, x.shape).to(x.dtype)
 
     def extra_repr(self) -> str:
         pg = "" if self.process_group is None else f", process_group={self.process_group}"

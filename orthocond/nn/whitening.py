@@ -21,13 +21,16 @@ import torch
 from torch import Tensor, nn
 
 from orthocond import linalg
+from orthocond.linalg._utils import check_matrix
 
 from ._common import (
+    check_bool,
     check_input,
     check_int,
     check_matrix_function,
     check_nonneg_float,
     compute_dtype,
+    is_compiling,
     matrix_function_kwargs,
     no_autocast,
 )
@@ -120,6 +123,7 @@ def zca_whitening_matrix(
     Example:
         >>> W = zca_whitening_matrix(torch.eye(3).expand(2, 3, 3) * 4.0, eps=0.0)  # 0.5·I
     """
+    check_matrix(cov, "cov", finite=False)  # inv_sqrtm checks NaN/Inf once
     check_nonneg_float(eps, "eps")
     check_matrix_function(method, backward, iters)
     with no_autocast(cov.device.type):
@@ -218,12 +222,14 @@ class _DecorrelatedBatchNorm(nn.Module):
         check_nonneg_float(eps, "eps")
         _check_momentum(momentum, allow_none=True)
         check_matrix_function(method, backward, iters)
+        check_bool(affine, "affine")
+        check_bool(track_running_stats, "track_running_stats")
         self.num_features = num_features
         self.groups = groups
         self.eps = float(eps)
         self.momentum = momentum
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
+        self.affine = affine
+        self.track_running_stats = track_running_stats
         self.method = method
         self.backward = backward
         self.iters = iters
@@ -316,7 +322,14 @@ class _DecorrelatedBatchNorm(nn.Module):
                 cov.data_ptr(), cov._version)
 
     def _cached_whitening(self, dtype: torch.dtype) -> Tensor:
-        """Eval-mode (Σ_run + εI)^{-1/2}, recomputed only when its inputs change."""
+        """Eval-mode (Σ_run + εI)^{-1/2}, recomputed only when its inputs change.
+
+        While ``torch.compile`` traces, the cache is bypassed (its key compares data pointers
+        and version counters, which Dynamo cannot trace): the matrix is part of the graph.
+        """
+        if is_compiling():
+            with torch.no_grad():
+                return self._whitening(self.running_cov.to(dtype))
         key = self._cache_key(dtype)
         cached = self._whitening_cache
         if self.capture_covariance or cached is None or cached[0] != key:
