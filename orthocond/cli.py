@@ -1,4 +1,4 @@
-"""Command line: ``orthocond train``, ``orthocond compare`` and ``orthocond bench``.
+"""Command line: ``orthocond train``, ``compare``, ``bench`` and ``eval``.
 
 ``orthocond compare`` with no arguments is the main job: it trains a small
 decorrelated-BN ResNet-18 (width 16, 4 epochs) on the embedded MNIST digits once per
@@ -7,7 +7,11 @@ rescaled NOG+OLR, hard orthogonal Pre-SVD layer, SOC orthogonal stem), one
 single-threaded process per CPU core, prints a markdown table (accuracy,
 covariance condition number final and max, orthogonality error, Pre-SVD weight
 norm, failed runs) and writes it with plots to ``runs/compare`` (about 5-6 minutes
-on 2 CPU cores). See ``orthocond <command> --help``.
+on 2 CPU cores). ``orthocond eval --checkpoint RUN`` measures a trained run's clean and
+common-corruption accuracy. Research options of train/compare (off by default): the
+CVPR 2020 lr schedules (``--schedule normal|fast|adjusted``), the hybrid NS→SVD switch
+(``--hybrid-switch-epoch``) and the loss-landscape probe (``--landscape-every``). See
+``orthocond <command> --help``.
 """
 
 from __future__ import annotations
@@ -67,6 +71,45 @@ def _milestones(text: str) -> tuple[float, ...]:
     return vals
 
 
+def _switch_epoch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a 0-based epoch >= 0 or 'auto', got {text!r}")
+    return v
+
+
+def _corruptions(text: str) -> tuple[str, ...]:
+    from .robustness import CORRUPTIONS
+
+    if text.strip() == "all":
+        return CORRUPTIONS
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [n for n in names if n not in CORRUPTIONS]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected 'all' or distinct names of {','.join(CORRUPTIONS)} separated by commas, "
+            f"got {text!r}"
+        )
+    return names
+
+
+def _severities(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        vals = ()
+    if not vals or any(not 1 <= v <= 5 for v in vals) or len(set(vals)) != len(vals):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct severities in 1..5 separated by commas, e.g. 1,3,5, got {text!r}"
+        )
+    return vals
+
+
 def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
     from .data import DATASETS
     from .training import SCHEDULES, TASKS
@@ -111,11 +154,24 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
     o.add_argument("--weight-decay", type=_float, default=None,
                    help="default 5e-4 (dbn, ECCV22) / 1e-4 (gcp, iSQRT-COV)")
     o.add_argument("--schedule", choices=SCHEDULES, default="multistep",
-                   help="lr schedule, stepped every iteration (default multistep x--gamma)")
+                   help="lr schedule, stepped every iteration (default multistep x--gamma); "
+                        "normal/fast/adjusted: the CVPR 2020 GCP schedules (0.1^floor(e/30) of "
+                        "100 epochs, (1-(e-1)/52)^11 of 30, (1-(e-1)/49)^2 of 50) stretched "
+                        "onto --epochs; step: x--gamma at whole-epoch --milestones (default "
+                        "epochs/2, 3*epochs/4)")
     o.add_argument("--milestones", type=_milestones, default=None,
-                   help="multistep milestones in epochs, e.g. 100,200,300 (default: the papers' "
-                        "fractions of --epochs: dbn 100/200/300 of 350, gcp 30/45/60 of 65)")
-    o.add_argument("--gamma", type=_float, default=0.1, help="multistep factor (default 0.1)")
+                   help="multistep/step milestones in epochs, e.g. 100,200,300 (default: the "
+                        "papers' fractions of --epochs: dbn 100/200/300 of 350, gcp 30/45/60 "
+                        "of 65)")
+    o.add_argument("--gamma", type=_float, default=0.1,
+                   help="multistep/step factor (default 0.1)")
+    o.add_argument("--hybrid-switch-epoch", type=_switch_epoch, default=None, metavar="E|auto",
+                   help="hybrid NS->SVD (ICCV 2021): from the 0-based epoch E on, the "
+                        "meta-layers compute method=eig with --hybrid-backward; auto = the "
+                        "epoch of the schedule's last lr decay (multistep, normal, step). "
+                        "Default off")
+    o.add_argument("--hybrid-backward", choices=("pade", "exact", "taylor", "svd"),
+                   default="pade", help="eigen-gradient after the hybrid switch (default pade)")
     o.add_argument("--nog-rtol", type=_float, default=None,
                    help="NOG singular-value cut-off (relative to the largest; default none)")
     o.add_argument("--penalty-coef", type=_float, default=None,
@@ -128,6 +184,15 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
     r.add_argument("--monitor-every", type=_positive_int, default=None if compare else 10,
                    help="record the condition number every N steps (default "
                         + (f"{COMPARE_DEFAULTS['monitor_every']})" if compare else "10)"))
+    r.add_argument("--landscape-every", type=_nonneg_int, default=0, metavar="K",
+                   help="measure the loss landscape / gradient predictiveness at the stem "
+                        "output (CVPR 2020) after the backward of every K-th step; writes "
+                        "landscape.json and landscape.png"
+                        + (" (per run; compare overlays them in landscape.png)" if compare else "")
+                        + ". 0 = off (default)")
+    r.add_argument("--landscape-steps", type=_positive_int, default=50, metavar="N",
+                   help="step sizes of each landscape measurement, evenly spaced in "
+                        "[0.1, 75] (default 50, as in the paper)")
     r.add_argument("--out", default=None,
                    help="output folder (default runs/compare or runs/<treatment>-s<seed>)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
@@ -145,7 +210,7 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``orthocond`` argument parser (subcommands train, compare, bench)."""
+    """The ``orthocond`` argument parser (subcommands train, compare, bench, eval)."""
     from .training import DEFAULT_TREATMENTS, ORTHO_KINDS, TREATMENT_PARTS
 
     parser = argparse.ArgumentParser(
@@ -155,14 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Main job: `orthocond compare` (no arguments) -- a CPU comparison of the "
         "treatments on the embedded MNIST digits in a few minutes.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,bench,eval}")
     sub.required = True
 
     tr = sub.add_parser(
         "train", help="train one model, with progress bar, metrics, checkpoints and plots",
         description="Train one model. Writes metrics.jsonl, steps.csv, summary.json, "
-        "checkpoint.pt (every epoch, atomic), TensorBoard events (tb/, if installed) and "
-        "condition.png / accuracy.png into --out.",
+        "checkpoint.pt (every epoch, atomic), TensorBoard events (tb/, if installed), "
+        "condition.png / accuracy.png and, with --landscape-every, landscape.json / "
+        "landscape.png into --out. metrics.jsonl records the meta-layer method per epoch.",
     )  # fmt: skip
     _add_common(tr, compare=False)
     t = tr.add_argument_group("treatment")
@@ -204,6 +270,38 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="benchmark the matrix functions and NOG (forwards to orthocond.bench)",
         add_help=False,
     )
+
+    from .robustness import CORRUPTIONS
+
+    ev = sub.add_parser(
+        "eval", help="evaluate a checkpoint: clean and common-corruption accuracy",
+        description="Load a checkpoint written by `orthocond train` and its config, rebuild "
+        "the data (same test subset) and the model (with the hybrid-switch state), and "
+        "evaluate the clean test accuracy; with --corruptions also the corrupted accuracy "
+        "per corruption and severity (CVPR 2020, generated on the fly, deterministic given "
+        "--seed) and, with --baseline, CE / mCE against an earlier result. Prints a "
+        "report and writes it as JSON.",
+    )  # fmt: skip
+    ev.add_argument("--checkpoint", required=True, metavar="PATH",
+                    help="checkpoint.pt, or the run directory holding it")
+    ev.add_argument("--corruptions", type=_corruptions, default=None,
+                    help=f"'all' or a comma-separated subset of {','.join(CORRUPTIONS)} "
+                         "(default: clean accuracy only)")
+    ev.add_argument("--severities", type=_severities, default=(1, 2, 3, 4, 5),
+                    help="comma-separated severities in 1..5 (default 1,2,3,4,5)")
+    ev.add_argument("--baseline", default=None, metavar="RESULT.json",
+                    help="an earlier `orthocond eval` result with the same corruptions and "
+                         "severities: adds CE, mCE and relative CE/mCE")
+    ev.add_argument("--seed", type=_nonneg_int, default=0,
+                    help="seed of the corruption noise (default 0)")
+    ev.add_argument("--out", default=None, metavar="RESULT.json",
+                    help="where to write the JSON result (default eval.json next to the "
+                         "checkpoint)")
+    ev.add_argument("--device", default=None,
+                    help="overrides the checkpoint's device (auto, cpu, cuda:N)")
+    ev.add_argument("--data-dir", default=None, help="overrides the checkpoint's data folder")
+    ev.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="evaluation batch size (default max(training batch, 256))")
     return parser
 
 
@@ -224,6 +322,8 @@ def _config(args: argparse.Namespace, *, compare: bool) -> Any:
         epochs=epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule, milestones=args.milestones,
         gamma=args.gamma, nog_rtol=args.nog_rtol, penalty_coef=args.penalty_coef,
+        hybrid_switch_epoch=args.hybrid_switch_epoch, hybrid_backward=args.hybrid_backward,
+        landscape_every=args.landscape_every, landscape_steps=args.landscape_steps,
         method=args.method, backward=args.backward, iters=args.iters, eps=args.eps,
         groups=args.groups, width=width, reduced_channels=args.reduced_channels,
         augment=not args.no_augment, device=args.device, seed=args.seed,
@@ -296,14 +396,53 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     )  # fmt: skip
     wall = time.perf_counter() - t0
     print(format_table(rows))
+    landscape = f", {out / 'landscape.png'}" if cfg.landscape_every and cfg.plots else ""
     print(
         f"\n{len(results)} runs ({jobs} at a time, {threads or 'default'} thread(s) each) in "
         f"{wall:.0f} s; table: {out / 'compare.md'}, "
         f"{out / 'compare.json'}; plots: {out / 'condition.png'}, {out / 'accuracy.png'}"
+        f"{landscape}"
     )
     for r in rows:
         for reason in r["reasons"]:
             print(f"failed run of {r['treatment']}: {reason}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .diagnostics import jsonable
+    from .robustness import format_corruption_report
+    from .training import evaluate_checkpoint
+
+    baseline = None
+    if args.baseline is not None:
+        try:
+            baseline = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--baseline: no file at {args.baseline!r}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--baseline: {args.baseline!r} is not JSON ({exc})") from None
+    res = evaluate_checkpoint(
+        args.checkpoint, corruptions=args.corruptions, severities=args.severities,
+        baseline=baseline, seed=args.seed, device=args.device, data_dir=args.data_dir,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    ckpt = Path(res["checkpoint"])
+    out = Path(args.out) if args.out else ckpt.parent / "eval.json"
+    print(f"checkpoint     : {ckpt} ({res['label']}, seed {res['config']['seed']}, "
+          f"epoch {res['epoch']})")
+    methods = sorted({f"{m}/{b}" for m, b, _ in res["meta_layers"].values()})
+    print(f"meta-layers    : {', '.join(methods) or '—'}")
+    loss = res["clean_loss"]
+    print(f"clean accuracy : {100 * res['clean_accuracy']:.2f}% on {res['num_samples']} test "
+          f"images (loss {'inf' if loss is None else format(loss, '.4f')})")
+    if res["corruptions"] is not None:
+        print(format_corruption_report(res["corruptions"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(jsonable(res), indent=1) + "\n", encoding="utf-8")
+    print(f"result         : {out}")
     return 0
 
 
@@ -330,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _cmd_train(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
         return _cmd_compare(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"orthocond {args.command}: error: {exc}", file=sys.stderr)

@@ -15,6 +15,13 @@ layer over the library (models, meta-layers, ``optim`` plug-ins, diagnostics).
   failures) and writes atomic checkpoints that resume bit-for-bit on the CPU.
 - :func:`train`, :func:`compare`: one run / a grid of treatments x seeds, with the
   markdown/JSON table and the plots.
+- Research workflows (all off by default): the CVPR 2020 lr schedules ``normal`` /
+  ``fast`` / ``adjusted`` (and ``step``) of :mod:`orthocond.schedules`, stretched onto
+  ``epochs``; the ICCV 2021 hybrid NS→SVD switch (:class:`~orthocond.hybrid.HybridSwitch`,
+  ``hybrid_switch_epoch``); the CVPR 2020 landscape probe
+  (:class:`~orthocond.landscape.LandscapeProbe`, ``landscape_every``); and
+  :func:`evaluate_checkpoint` (clean and common-corruption accuracy of a checkpoint,
+  :mod:`orthocond.robustness`).
 
 Example::
 
@@ -71,12 +78,24 @@ __all__ = [
     "plot_compare",
     "save_checkpoint",
     "load_checkpoint",
+    "evaluate_checkpoint",
+    "build_hybrid",
+    "read_landscape",
+    "plot_compare_landscape",
 ]
 
 TASKS = ("dbn", "gcp")
 #: Architectures per task.
 ARCHS = {"dbn": ("resnet18", "resnet34", "resnet50"), "gcp": ("resnet18", "resnet50", "resnet101")}
-SCHEDULES = ("multistep", "cosine", "constant")
+#: lr schedules: ``multistep`` (×gamma at ``milestones``), ``cosine`` and ``constant`` are
+#: evaluated per iteration (:class:`StepSchedule`); ``normal``, ``fast``, ``adjusted``
+#: (CVPR 2020) and ``step`` come from :func:`orthocond.schedules.lr_lambda`, stretched onto
+#: ``epochs`` and constant within an epoch.
+SCHEDULES = ("multistep", "cosine", "constant", "normal", "fast", "adjusted", "step")
+#: The schedules built by :mod:`orthocond.schedules` (per epoch).
+EPOCH_SCHEDULES = ("normal", "fast", "adjusted", "step")
+#: Eigen-gradients the hybrid switch may move the meta-layers to (method ``eig``).
+HYBRID_BACKWARDS = ("pade", "exact", "taylor", "svd")
 #: Values of ``TrainConfig.ortho``.
 ORTHO_KINDS = ("none", "hard", "soc", "so", "dso", "mc", "srip", "oni", "own", "cayley")
 PENALTY_KINDS = ("so", "dso", "mc", "srip")
@@ -102,6 +121,7 @@ _TASK_DEFAULTS = {
 }
 _CKPT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+LANDSCAPE_NAME = "landscape.json"
 
 
 # --------------------------------------------------------------------------- config
@@ -173,6 +193,22 @@ class TrainConfig:
     ``epochs`` (dbn 100/200/300 of 350, gcp 30/45/60 of 65), ``width`` 16 on MNIST and 64
     otherwise, ``reduced_channels`` min(256, 8·width) (gcp). A ``treatment`` name
     (:func:`parse_treatment`) overrides ``nog``/``nog_scale``/``olr``/``ortho``.
+
+    Schedules (:data:`SCHEDULES`): ``milestones`` are the decay epochs of ``multistep``
+    (floats) and ``step`` (integers in [1, epochs]; default ⌊epochs/2⌋, ⌊3·epochs/4⌋);
+    ``normal``/``fast``/``adjusted`` take none.
+
+    Research options (off by default):
+
+    - ``hybrid_switch_epoch``: None, a 0-based epoch ``E`` >= 0 or ``"auto"``; from epoch
+      ``E`` on every meta-layer computes ``method="eig"`` with the eigen-gradient
+      ``hybrid_backward`` (default ``"pade"``, SVD-Padé) -- the ICCV 2021 hybrid NS→SVD
+      protocol. ``"auto"`` is the epoch of the schedule's last lr decay
+      (:meth:`hybrid_epoch`); it is an error for a schedule without one.
+    - ``landscape_every``: K > 0 measures the CVPR 2020 loss landscape / gradient
+      predictiveness (:class:`~orthocond.landscape.LandscapeProbe`) after the backward
+      of every K-th step, with ``landscape_steps`` step sizes η in [0.1, 75] (default
+      50, the paper's); 0 (default) is off.
     """
 
     task: str = "dbn"
@@ -190,6 +226,8 @@ class TrainConfig:
     schedule: str = "multistep"
     milestones: tuple[float, ...] | None = None
     gamma: float = 0.1
+    hybrid_switch_epoch: int | str | None = None
+    hybrid_backward: str = "pade"
     nog: str | None = None
     nog_scale: str = "none"
     nog_rtol: float | None = None
@@ -208,6 +246,8 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     monitor_every: int = 10
+    landscape_every: int = 0
+    landscape_steps: int = 50
     divergence_loss: float = 1e3
     workers: int = 4
     tensorboard: bool = True
@@ -257,7 +297,7 @@ class TrainConfig:
         choice("ortho", ORTHO_KINDS)
         choice("method", (None, "eig", "ns", "mpa"))
         choice("backward", ("exact", "svd", "taylor", "pade"))
-        for name in ("epochs", "batch_size", "monitor_every", "groups"):
+        for name in ("epochs", "batch_size", "monitor_every", "groups", "landscape_steps"):
             pos_int(name)
         for name in ("limit_train", "limit_test", "width", "reduced_channels", "iters"):
             pos_int(name, allow_none=True)
@@ -277,6 +317,22 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.milestones is not None and any(m < 0 for m in self.milestones):
             raise ValueError(f"milestones must be >= 0 (in epochs), got {self.milestones}")
+        self._validate_schedule()
+        choice("hybrid_backward", HYBRID_BACKWARDS)
+        h = self.hybrid_switch_epoch
+        if h is not None and h != "auto" and (isinstance(h, bool) or not isinstance(h, int) or h < 0):
+            raise ValueError(
+                f"hybrid_switch_epoch must be None, 'auto' or a 0-based epoch >= 0, got {h!r}"
+            )
+        if h == "auto" and self.hybrid_epoch() is None:
+            raise ValueError(
+                f"hybrid_switch_epoch='auto' switches at the last lr decay, but schedule "
+                f"{self.schedule!r} has no decay within {self.epochs} epochs; use multistep, "
+                "normal or step (with a milestone inside the run) or give the epoch"
+            )
+        le = self.landscape_every
+        if isinstance(le, bool) or not isinstance(le, int) or le < 0:
+            raise ValueError(f"landscape_every must be an int >= 0 (0 = off), got {le!r}")
         if self.ortho == "soc" and self.task != "dbn":
             raise ValueError(
                 "ortho='soc' (SOC stem) is only available for task='dbn': the GCP Pre-SVD "
@@ -286,6 +342,57 @@ class TrainConfig:
             raise ValueError(f"dataset {self.dataset!r} needs data_dir (--data-dir DIR)")
         if not isinstance(self.device, str):
             raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda:0', got {self.device!r}")
+
+    def _validate_schedule(self) -> None:
+        if self.schedule not in EPOCH_SCHEDULES:
+            return
+        if self.schedule != "step" and self.milestones is not None:
+            raise ValueError(
+                f"milestones apply to the multistep and step schedules, not {self.schedule!r} "
+                f"(got milestones={self.milestones})"
+            )
+        if self.schedule == "step":
+            if not 0 < self.gamma <= 1:
+                raise ValueError(f"gamma of the step schedule must be in (0, 1], got {self.gamma!r}")
+            ms = self.milestones or ()
+            if any(m != int(m) or not 1 <= m <= self.epochs for m in ms) or any(
+                b <= a for a, b in zip(ms, ms[1:])
+            ):
+                raise ValueError(
+                    "milestones of the step schedule must be strictly increasing whole epochs "
+                    f"in [1, epochs={self.epochs}], got {self.milestones}"
+                )
+
+    def schedule_kwargs(self) -> dict[str, Any]:
+        """``milestones``/``gamma`` for :func:`orthocond.schedules.lr_lambda` (``step``
+        only; the other epoch schedules take neither)."""
+        if self.schedule != "step":
+            return {}
+        kw: dict[str, Any] = {"gamma": float(self.gamma)}
+        if self.milestones is not None:
+            kw["milestones"] = [int(m) for m in self.milestones]
+        return kw
+
+    def hybrid_epoch(self) -> int | None:
+        """The 0-based epoch from which the hybrid switch runs ``eig`` (None: no switch).
+
+        ``"auto"``: :func:`orthocond.schedules.last_decay_epoch` for ``normal``/``step``;
+        for ``multistep``, ⌊m⌋ of the last milestone m with 0 < m < epochs (the epoch in
+        which that decay takes effect); None when the schedule has no such decay.
+        """
+        h = self.hybrid_switch_epoch
+        if h != "auto":
+            return h
+        if self.schedule == "multistep":
+            if self.gamma == 1:
+                return None
+            inside = [m for m in self.resolved()["milestones"] if 0 < m < self.epochs]
+            return int(math.floor(max(inside))) if inside else None
+        if self.schedule in ("normal", "step"):
+            from .schedules import last_decay_epoch
+
+            return last_decay_epoch(self.schedule, self.epochs, **self.schedule_kwargs())
+        return None
 
     # -- derived values ------------------------------------------------------
     @property
@@ -424,6 +531,29 @@ def build_optimizer(
     return opt, hooks, pre
 
 
+def build_hybrid(cfg: TrainConfig, model: nn.Module) -> Any:
+    """The :class:`~orthocond.hybrid.HybridSwitch` of ``cfg`` on ``model`` (meta-layers to
+    ``eig`` with ``cfg.hybrid_backward`` at :meth:`TrainConfig.hybrid_epoch`), or None."""
+    epoch = cfg.hybrid_epoch()
+    if epoch is None:
+        return None
+    from .hybrid import HybridSwitch
+
+    return HybridSwitch(model, epoch, method="eig", backward=cfg.hybrid_backward)
+
+
+def _meta_method(model: nn.Module) -> dict[str, str]:
+    """``{"meta_method", "meta_backward"}`` of the model's meta-layers (distinct values
+    joined by ","), as recorded per epoch."""
+    from .hybrid import meta_layer_methods
+
+    triples = meta_layer_methods(model).values()
+    return {
+        "meta_method": ",".join(sorted({t[0] for t in triples})),
+        "meta_backward": ",".join(sorted({t[1] for t in triples})),
+    }
+
+
 class StepSchedule:
     """Per-iteration lr factor (picklable, for ``LambdaLR``): ``multistep`` multiplies by
     ``gamma`` at each milestone step, ``cosine`` anneals to 0 over ``total_steps``,
@@ -553,7 +683,8 @@ class Trainer:
         data (DataSplits, optional): preloaded data (compare shares one load); default
             :func:`~orthocond.data.load_dataset` of ``cfg``.
         out (path, optional): output directory (metrics.jsonl, steps.csv, summary.json,
-            checkpoint.pt, tb/, condition.png, accuracy.png); None writes nothing.
+            checkpoint.pt, tb/, condition.png, accuracy.png; landscape.json and
+            landscape.png with ``cfg.landscape_every``); None writes nothing.
         progress (bool): show a tqdm bar (also requires a TTY). Default False.
         log (callable): where one-line messages go (``print`` to stderr by default).
 
@@ -596,12 +727,16 @@ class Trainer:
         self.steps_per_epoch = len(self.train_batches)
         if self.steps_per_epoch == 0:
             raise ValueError("the training set is empty")
-        total = self.steps_per_epoch * cfg.epochs
-        milestones = [round(m * self.steps_per_epoch) for m in self.resolved["milestones"]]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, StepSchedule(cfg.schedule, total, milestones, cfg.gamma)
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule_fn())
         self.penalty_kind = cfg.ortho if cfg.ortho in PENALTY_KINDS else None
+        self.hybrid = build_hybrid(cfg, self.model)
+        self.landscape = None
+        if cfg.landscape_every:
+            from .landscape import LandscapeProbe
+
+            self.landscape = LandscapeProbe(
+                self.model, every=cfg.landscape_every, num_steps=cfg.landscape_steps
+            )
         writer = None
         if self.out is not None and cfg.tensorboard:
             writer = self._tensorboard_writer()
@@ -614,6 +749,16 @@ class Trainer:
         self.epoch_log: list[dict[str, Any]] = []
         self.failed: str | None = None
         self.elapsed = 0.0
+
+    def _schedule_fn(self) -> Callable[[int], float]:
+        """The per-iteration lr factor of ``cfg.schedule`` over ``cfg.epochs``."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        if cfg.schedule in EPOCH_SCHEDULES:
+            from .schedules import lr_lambda
+
+            return lr_lambda(cfg.schedule, cfg.epochs, steps_per_epoch=spe, **cfg.schedule_kwargs())
+        milestones = [round(m * spe) for m in self.resolved["milestones"]]
+        return StepSchedule(cfg.schedule, spe * cfg.epochs, milestones, cfg.gamma)
 
     def _tensorboard_writer(self) -> Any:
         try:
@@ -670,6 +815,8 @@ class Trainer:
             if loss_value > self.cfg.divergence_loss:
                 self.failed = f"diverged: loss {loss_value:.3g} > {self.cfg.divergence_loss:g} at step {self.global_step}"
                 break
+            if self.landscape is not None and self.landscape.due(self.global_step):
+                self._measure_landscape(x, y)
             try:
                 opt.step()
             except torch.linalg.LinAlgError as exc:
@@ -691,6 +838,18 @@ class Trainer:
                     bar.set_postfix(post, refresh=False)
         seen = max(seen, 1)
         return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+
+    def _measure_landscape(self, x: Tensor, y: Tensor) -> None:
+        """One :class:`~orthocond.landscape.LandscapeProbe` record on the current batch
+        (after the backward, before the update; the probe leaves the model, its buffers,
+        the gradients and the RNG streams as they were). An eigensolver failure on the
+        perturbed features skips the record instead of failing the run."""
+        assert self.landscape is not None
+        try:
+            self.landscape.measure(x, y, step=self.global_step)
+        except torch.linalg.LinAlgError as exc:
+            self.log(f"[{self.cfg.label}] landscape probe skipped at step {self.global_step}: "
+                     f"{str(exc).splitlines()[0]}")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -730,6 +889,14 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs and self.failed is None:
                 t0 = time.perf_counter()
+                if self.hybrid is not None and self.hybrid.on_epoch_start(self.epoch):
+                    msg = (f"[{cfg.label}] epoch {self.epoch}: hybrid switch, meta-layers now "
+                           f"eig/{self.hybrid.backward}")
+                    if bar is not None:
+                        bar.write(msg)
+                    else:
+                        self.log(msg)
+                meta = _meta_method(self.model)
                 stats = self.train_epoch(bar)
                 if self.failed is not None:
                     self.elapsed += time.perf_counter() - t0
@@ -739,7 +906,7 @@ class Trainer:
                 self.elapsed += time.perf_counter() - t0
                 stats.update(
                     epoch=self.epoch, step=self.global_step,
-                    lr=self.optimizer.param_groups[1]["lr"], time_s=self.elapsed,
+                    lr=self.optimizer.param_groups[1]["lr"], time_s=self.elapsed, **meta,
                 )  # fmt: skip
                 self.epoch_log.append(stats)
                 if self.monitor.writer is not None:
@@ -806,11 +973,22 @@ class Trainer:
         lines += [json.dumps(jsonable({"kind": "epoch", **e})) for e in self.epoch_log]
         _atomic_write(out / "metrics.jsonl", "\n".join(lines) + ("\n" if lines else ""))
         self.monitor.write_csv(out / "steps.csv")
+        if self.landscape is not None:
+            payload = {
+                "label": self.cfg.label, "seed": self.cfg.seed, "every": self.landscape.every,
+                "num_steps": self.cfg.landscape_steps,
+                "records": [r.to_dict() for r in self.landscape.history],
+            }  # fmt: skip
+            _atomic_write(out / LANDSCAPE_NAME, json.dumps(jsonable(payload), indent=1) + "\n")
         if final:
             res = result or self.result()
             _atomic_write(out / "summary.json", json.dumps(res.to_dict(), indent=1) + "\n")
             if self.cfg.plots:
                 plot_run(res, out)
+                if self.landscape is not None and self.landscape.history and _pyplot() is not None:
+                    from .landscape import plot_landscape
+
+                    plot_landscape({self.cfg.label: self.landscape.history}, out / "landscape.png")
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -832,6 +1010,8 @@ class Trainer:
                 "olr": None if self.hooks["olr"] is None else self.hooks["olr"].state_dict(),
             },
             "monitor": self.monitor.state_dict(),
+            "hybrid": None if self.hybrid is None else self.hybrid.state_dict(),
+            "landscape": None if self.landscape is None else self.landscape.state_dict(),
             "epoch_log": [dict(e) for e in self.epoch_log],
             "data": self.train_batches.state_dict(),
             "rng": _rng_state(),
@@ -856,11 +1036,28 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self.failed = state["failed"]
         self.epoch_log = [dict(e) for e in state["epoch_log"]]
+        if self.hybrid is not None and state.get("hybrid") is not None:
+            self.hybrid.load_state_dict(state["hybrid"])  # re-applies a past switch
+            if not self.hybrid.switched:  # "auto" follows a grown epoch budget
+                self.hybrid.switch_epoch = self.cfg.hybrid_epoch()
+        if self.landscape is not None and state.get("landscape") is not None:
+            self.landscape.load_state_dict(state["landscape"])
         _set_rng_state(state["rng"])
-        # The schedule's total length follows the (possibly longer) epochs of this run.
+        # The schedule's length follows the (possibly longer) epochs of this run: cosine
+        # anneals over the new total, the epoch schedules are stretched onto the new
+        # budget (multistep keeps the checkpoint's milestone steps).
+        saved_epochs = TrainConfig.from_dict(state["config"]).epochs
+        fresh = self._schedule_fn()
         for fn in self.scheduler.lr_lambdas:
             if isinstance(fn, StepSchedule):
                 fn.total_steps = self.steps_per_epoch * self.cfg.epochs
+            elif type(fn) is type(fresh):
+                fn.__dict__.update(fresh.__dict__)
+        if saved_epochs != self.cfg.epochs:  # the lr of the next step, on the new schedule
+            sched = self.scheduler
+            for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * fn(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Atomic checkpoint (tmp file + ``os.replace``)."""
@@ -930,6 +1127,134 @@ def train(
         return trainer.fit()
     finally:
         trainer.monitor.close()
+
+
+@torch.no_grad()
+def _clean_eval(model: nn.Module, batches: Any, device: torch.device) -> tuple[float, float, int]:
+    """(mean cross-entropy, accuracy, samples) of ``model`` in eval mode over ``batches``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
+    try:
+        for x, y in batches:
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits.double(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            n += y.shape[0]
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("the test set is empty")
+    loss = float(loss_sum) / n
+    return (loss if math.isfinite(loss) else math.inf), float(correct) / n, n
+
+
+def _baseline_corruptions(baseline: Any) -> dict[str, Any]:
+    """The corruption result inside ``baseline``: an :func:`evaluate_checkpoint` result
+    (its ``"corruptions"``) or an :func:`~orthocond.robustness.evaluate_corruptions`
+    result."""
+    if isinstance(baseline, dict) and isinstance(baseline.get("corruptions"), dict):
+        baseline = baseline["corruptions"]
+    if not isinstance(baseline, dict) or "errors" not in baseline:
+        raise ValueError(
+            "baseline must be an `orthocond eval --corruptions ...` result (or an "
+            "evaluate_corruptions dict) with corruption errors"
+        )
+    return baseline
+
+
+def evaluate_checkpoint(
+    path: Union[str, os.PathLike],
+    *,
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    baseline: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    data_dir: Union[str, os.PathLike, None] = None,
+    batch_size: int | None = None,
+    data: DataSplits | None = None,
+) -> dict[str, Any]:
+    """Clean and common-corruption accuracy of a checkpoint written by :class:`Trainer`.
+
+    Rebuilds the run's data (its ``dataset``, ``limit_test`` subset and normalisation) and
+    model from the checkpoint's config, loads the weights and the hybrid-switch state (a
+    switched run evaluates with ``eig``), and evaluates the test set in eval mode; with
+    ``corruptions``, also :func:`orthocond.robustness.evaluate_corruptions` (corruptions
+    generated on the fly from ``seed``: the result is deterministic given ``seed``).
+
+    Args:
+        path: ``checkpoint.pt`` or the run directory holding it.
+        corruptions: names of :data:`orthocond.robustness.CORRUPTIONS` (None: clean only).
+        severities: subset of 1…5 (default all).
+        baseline: an earlier result of this function (or of ``evaluate_corruptions``) with
+            the same corruptions and severities: adds CE, mCE, relative CE/mCE (in %).
+        seed: seed of the corruption noise. Default 0.
+        device: overrides the checkpoint's device (e.g. ``"cpu"``); data_dir: overrides
+            its data directory; batch_size: evaluation batch (default max(batch, 256)).
+        data: preloaded :class:`~orthocond.data.DataSplits` (must match the config).
+
+    Returns a JSON-ready dict: ``checkpoint``, ``label``, ``epoch``, ``config``,
+    ``meta_layers`` ({name: [method, backward, iters]}), ``num_samples``,
+    ``clean_accuracy``, ``clean_loss``, ``seed`` and ``corruptions`` (the
+    ``evaluate_corruptions`` dict, or None).
+
+    Example::
+
+        >>> res = evaluate_checkpoint("runs/gcp", corruptions=["contrast"])  # doctest: +SKIP
+        >>> res["clean_accuracy"], res["corruptions"]["mean_errors"]["contrast"]
+    """
+    from . import robustness
+    from .hybrid import meta_layer_methods
+
+    ckpt = Path(path)
+    if ckpt.is_dir():
+        ckpt = ckpt / CHECKPOINT_NAME
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if baseline is not None and not corruptions:
+        raise ValueError("a baseline needs corruptions to compare (--corruptions)")
+    state = load_checkpoint(ckpt)
+    changes: dict[str, Any] = {"tensorboard": False, "plots": False, "checkpoint": False}
+    if device is not None:
+        changes["device"] = device
+    if data_dir is not None:
+        changes["data_dir"] = str(data_dir)
+    cfg = TrainConfig.from_dict(state["config"]).replace(**changes)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    dev = resolve_device(cfg.device)
+    if data is None:
+        data = load_dataset(
+            cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
+            limit_train=cfg.limit_train, limit_test=cfg.limit_test, num_workers=cfg.workers,
+        )  # fmt: skip
+    _seed_everything(cfg.seed)
+    model = build_model(cfg, data).to(dev)
+    model.load_state_dict(state["model"])
+    hybrid = build_hybrid(cfg, model)
+    if hybrid is not None and state.get("hybrid") is not None:
+        hybrid.load_state_dict(state["hybrid"])
+    bs = batch_size or max(cfg.batch_size, 256)
+    batches = data.test_batches(bs, device=dev)
+    loss, acc, n = _clean_eval(model, batches, dev)
+    result: dict[str, Any] = {
+        "checkpoint": str(ckpt), "label": cfg.label, "epoch": int(state["epoch"]),
+        "config": cfg.to_dict(),
+        "meta_layers": {k: list(v) for k, v in meta_layer_methods(model).items()},
+        "num_samples": n, "clean_accuracy": acc, "clean_loss": loss, "seed": seed,
+        "corruptions": None,
+    }  # fmt: skip
+    if corruptions:
+        result["corruptions"] = robustness.evaluate_corruptions(
+            model, batches, corruptions=tuple(corruptions), severities=tuple(severities),
+            mean=data.mean, std=data.std, seed=seed, batch_size=bs, device=dev,
+            baseline=None if baseline is None else _baseline_corruptions(baseline),
+        )  # fmt: skip
+    return jsonable(result)
 
 
 def aggregate(results: Sequence[RunResult]) -> list[dict[str, Any]]:
@@ -1101,7 +1426,58 @@ def compare(
         _atomic_write(outp / "compare.json", json.dumps(jsonable(payload), indent=1) + "\n")
         if base.plots:
             plot_compare(results, outp)
+            if base.landscape_every:
+                plot_compare_landscape(
+                    [(res, run_out) for res, (_, run_out) in zip(results, grid)], outp,
+                    with_seed=seeds > 1,
+                )  # fmt: skip
     return rows, results
+
+
+def read_landscape(path: Union[str, os.PathLike]) -> list[Any]:
+    """The :class:`~orthocond.landscape.LandscapeRecord` list of a run's ``landscape.json``
+    (non-finite values, stored as null, come back as NaN)."""
+    from .landscape import LandscapeRecord
+
+    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
+        raise ValueError(f"{str(path)!r} is not a landscape.json (no 'records' list)")
+
+    def nan(v: Any) -> Any:
+        if v is None:
+            return math.nan
+        return [nan(x) for x in v] if isinstance(v, list) else v
+
+    return [
+        LandscapeRecord.from_dict({k: (v if k == "step" else nan(v)) for k, v in r.items()})
+        for r in payload["records"]
+    ]
+
+
+def plot_compare_landscape(
+    runs: Sequence[tuple[RunResult, Path | None]], out: Union[str, os.PathLike], *,
+    with_seed: bool = False,
+) -> Path | None:
+    """``landscape.png`` in ``out``: the landscape bands of every run (read from its
+    ``landscape.json``) overlaid, one colour per run (label ``treatment`` or, with
+    ``with_seed``, ``treatment s<seed>``). None when no run has records or matplotlib is
+    missing."""
+    if _pyplot() is None:
+        return None
+    from .landscape import plot_landscape
+
+    histories: dict[str, list[Any]] = {}
+    for res, run_out in runs:
+        path = None if run_out is None else Path(run_out) / LANDSCAPE_NAME
+        if path is None or not path.is_file():
+            continue
+        records = read_landscape(path)
+        if records:
+            histories[f"{res.label} s{res.seed}" if with_seed else res.label] = records
+    if not histories:
+        return None
+    return plot_landscape(histories, Path(out) / "landscape.png",
+                          title="loss landscape per treatment (CVPR 2020 probe)")
 
 
 def _init_worker(threads: int | None) -> None:

@@ -26,17 +26,44 @@ def _single_thread():
     torch.set_num_threads(n)
 
 
-def test_help_lists_the_three_commands(capsys):
+def test_help_lists_the_four_commands(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("train", "compare", "bench"):
-        assert cmd in out
-    help_train = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "{train,compare,bench,eval}" in out
+    for cmd in ("train", "compare", "bench", "eval"):
+        assert f"\n    {cmd} " in out, cmd
+    choices = build_parser()._subparsers._group_actions[0].choices
+    help_train = choices["train"].format_help()
     for flag in ("--task", "--nog", "--nog-scale", "--olr", "--ortho", "--method", "--backward",
-                 "--device", "--seed", "--out", "--resume", "--schedule"):
+                 "--device", "--seed", "--out", "--resume", "--schedule", "--hybrid-switch-epoch",
+                 "--hybrid-backward", "--landscape-every"):
         assert flag in help_train
+    assert "normal" in help_train and "adjusted" in help_train
+    assert "--landscape-every" in choices["compare"].format_help()
+    help_eval = choices["eval"].format_help()
+    for flag in ("--checkpoint", "--corruptions", "--severities", "--baseline", "--seed", "--out"):
+        assert flag in help_eval
+
+
+def test_research_flags_reach_the_config():
+    from orthocond.cli import _config
+
+    args = build_parser().parse_args(
+        ["train", "--task", "gcp", "--schedule", "normal", "--epochs", "10",
+         "--hybrid-switch-epoch", "auto", "--hybrid-backward", "taylor",
+         "--landscape-every", "5", "--landscape-steps", "7"])
+    cfg = _config(args, compare=False)
+    assert (cfg.schedule, cfg.hybrid_switch_epoch, cfg.hybrid_backward) == ("normal", "auto", "taylor")
+    assert cfg.hybrid_epoch() == 9 and (cfg.landscape_every, cfg.landscape_steps) == (5, 7)
+    args = build_parser().parse_args(["compare", "--hybrid-switch-epoch", "3"])
+    cfg = _config(args, compare=True)
+    assert cfg.hybrid_switch_epoch == 3 and cfg.landscape_every == 0
+    # the default compare stays as it was: no hybrid switch, no landscape probe
+    cfg = _config(build_parser().parse_args(["compare"]), compare=True)
+    assert (cfg.hybrid_switch_epoch, cfg.landscape_every, cfg.schedule) == (None, 0, "multistep")
+    assert (cfg.epochs, cfg.width, cfg.monitor_every) == (4, 16, 2)
 
 
 def test_python_dash_m_entry_point():
@@ -87,6 +114,13 @@ def test_train_user_errors(tmp_path, capsys):
     assert main(["train", *SMALL, "--resume", "--out", str(tmp_path / "empty")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["train", "--task", "gcp", "--ortho", "soc", "--quiet"]) == 2
+    assert main(["train", "--schedule", "fast", "--hybrid-switch-epoch", "auto", "--quiet"]) == 2
+    assert "has no decay" in capsys.readouterr().err
+    for bad in (["--hybrid-switch-epoch", "-1"], ["--hybrid-switch-epoch", "soon"],
+                ["--hybrid-backward", "ns"], ["--landscape-every", "-2"], ["--schedule", "linear"]):
+        with pytest.raises(SystemExit) as e:
+            main(["train", *bad])
+        assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
         main(["train", "--epochs", "0"])
     assert e.value.code == 2
@@ -113,6 +147,51 @@ def test_compare_two_treatments_writes_table_and_plots(tmp_path, capsys):
     assert "2 runs (1 at a time, 1 thread(s) each)" in printed  # workers: test_training.py
     assert main(["compare", "--treatments", "vanilla,warp", "--quiet", "--out", str(out)]) == 2
     assert "unknown treatment part" in capsys.readouterr().err
+
+
+def test_eval_checkpoint_clean_corrupted_and_against_a_baseline(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--no-plots", "--no-tensorboard", "--out", str(run)]) == 0
+    final_acc = json.loads((run / "summary.json").read_text())["final_acc"]
+    capsys.readouterr()
+    opts = ["--corruptions", "contrast,gaussian_noise", "--severities", "1,5", "--seed", "0"]
+    a, b, c = (tmp_path / f"{k}.json" for k in "abc")
+    assert main(["eval", "--checkpoint", str(run), *opts, "--out", str(a)]) == 0
+    printed = capsys.readouterr().out
+    assert "clean accuracy" in printed and "clean error" in printed and str(a) in printed
+    assert "contrast" in printed and "gaussian_noise" in printed and "mCE" not in printed
+    ra = json.loads(a.read_text())
+    # the same model and test subset as the training run's last evaluation
+    assert ra["clean_accuracy"] == final_acc and ra["num_samples"] == 64 and ra["epoch"] == 1
+    cor = ra["corruptions"]
+    assert cor["severities"] == [1, 5] and list(cor["errors"]) == ["contrast", "gaussian_noise"]
+    assert cor["clean_error"] == pytest.approx(1 - ra["clean_accuracy"])
+    assert all(len(v) == 2 and all(0 <= e <= 1 for e in v) for v in cor["errors"].values())
+    # deterministic given the seed (checkpoint given as a file this time)
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), *opts, "--out", str(b)]) == 0
+    assert json.loads(b.read_text()) == ra
+    # against itself as the baseline every CE is 100 %
+    assert main(["eval", "--checkpoint", str(run), *opts, "--baseline", str(a),
+                 "--out", str(c)]) == 0
+    assert "mCE 100.0%" in capsys.readouterr().out
+    rc_ = json.loads(c.read_text())["corruptions"]
+    assert rc_["ce"] == pytest.approx({"contrast": 100.0, "gaussian_noise": 100.0})
+    assert rc_["mce"] == pytest.approx(100.0)
+    # clean only, default output next to the checkpoint
+    assert main(["eval", "--checkpoint", str(run)]) == 0
+    assert json.loads((run / "eval.json").read_text())["corruptions"] is None
+    # user errors
+    assert main(["eval", "--checkpoint", str(run), "--baseline", str(a)]) == 2
+    assert "needs corruptions" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(run), "--corruptions", "contrast",
+                 "--severities", "1", "--baseline", str(a)]) == 2
+    assert "severities differ" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "none")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    for bad in (["--corruptions", "fog"], ["--severities", "0,6"], ["--seed", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--checkpoint", str(run), *bad])
+        assert e.value.code == 2
 
 
 def test_bench_forwards_its_arguments(monkeypatch):

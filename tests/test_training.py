@@ -16,9 +16,11 @@ from orthocond.training import (
     aggregate,
     build_optimizer,
     compare,
+    evaluate_checkpoint,
     format_table,
     load_checkpoint,
     parse_treatment,
+    read_landscape,
     save_checkpoint,
     train,
 )
@@ -98,11 +100,61 @@ def test_config_defaults_follow_the_papers():
         ({"ortho": "spectral"}, "ortho"),
         ({"milestones": (-1,)}, "milestones"),
         ({"seed": -1}, "seed"),
+        ({"schedule": "warmup"}, "schedule"),
+        ({"schedule": "normal", "milestones": (2,)}, "milestones apply"),
+        ({"schedule": "step", "epochs": 4, "milestones": (1.5,)}, "whole epochs"),
+        ({"schedule": "step", "epochs": 4, "milestones": (3, 2)}, "strictly increasing"),
+        ({"schedule": "step", "epochs": 4, "milestones": (5,)}, "epochs=4"),
+        ({"schedule": "step", "gamma": 2.0}, "gamma"),
+        ({"hybrid_switch_epoch": -1}, "hybrid_switch_epoch"),
+        ({"hybrid_switch_epoch": "late"}, "hybrid_switch_epoch"),
+        ({"hybrid_switch_epoch": "auto", "schedule": "fast"}, "no decay"),
+        ({"hybrid_switch_epoch": "auto", "schedule": "multistep", "milestones": (9,)}, "no decay"),
+        ({"hybrid_backward": "ns"}, "hybrid_backward"),
+        ({"landscape_every": -1}, "landscape_every"),
+        ({"landscape_steps": 0}, "landscape_steps"),
     ],
 )
 def test_config_validation(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw)
+
+
+def test_hybrid_auto_epoch_is_the_last_decay():
+    def auto(**kw):
+        return TrainConfig(hybrid_switch_epoch="auto", **kw).hybrid_epoch()
+
+    # multistep: the papers' last milestone (GCP 60 of 65, DBN 300 of 350), floor of a
+    # fractional one (gcp over 3 epochs: 60/65*3 = 2.77 -> epoch 2)
+    assert auto(task="gcp", epochs=65) == 60 and auto(epochs=350) == 300
+    assert auto(task="gcp", epochs=3) == 2
+    assert auto(epochs=10, milestones=(2.5, 7.5, 12)) == 7  # 12 lies past the run
+    # normal over 10 epochs decays at 3, 6, 9; step defaults to 4, 6 of 8 (ICCV21: 45 of 60)
+    assert auto(schedule="normal", epochs=10) == 9 and auto(schedule="normal", epochs=100) == 90
+    assert auto(schedule="step", epochs=8) == 6 and auto(schedule="step", epochs=60) == 45
+    assert auto(schedule="step", epochs=8, milestones=(3,)) == 3
+    assert TrainConfig(hybrid_switch_epoch=4).hybrid_epoch() == 4
+    assert TrainConfig().hybrid_epoch() is None
+
+
+@pytest.mark.parametrize(
+    "name, factors",
+    [  # the lr factor of epochs 0, 1, 2 of a 3-epoch budget, from the CVPR 2020 formulas
+        ("normal", [1.0, 0.1, 0.01]),  # 0.1^floor((e*100/3)/30)
+        ("fast", [(1 + 1 / 52) ** 11, (1 - 9 / 52) ** 11, (1 - 19 / 52) ** 11]),  # e*30/3
+        ("adjusted", [(1 + 1 / 49) ** 2, (1 - (50 / 3 - 1) / 49) ** 2,
+                      (1 - (100 / 3 - 1) / 49) ** 2]),  # e*50/3
+        ("step", [1.0, 0.1, 0.01]),  # milestones floor(3/2) = 1, floor(9/4) = 2
+    ],
+)
+def test_epoch_schedules_drive_the_lr_of_every_step(tiny_data, name, factors):
+    # 192 images / batch 64 = 3 steps per epoch; the monitor records the lr each step used
+    cfg = TrainConfig(epochs=3, schedule=name, lr=0.05, **{**TINY, "monitor_every": 1})
+    t = Trainer(cfg, data=tiny_data)
+    t.fit()
+    lrs = [r["lr"] for r in t.monitor.history]
+    expect = [0.05 * f for f in factors for _ in range(3)]
+    assert lrs == pytest.approx(expect, rel=1e-6)
 
 
 def test_step_schedule():
@@ -182,6 +234,81 @@ def test_resume_matches_uninterrupted_run_bit_for_bit(tiny_data, tmp_path):
     assert [x["step"] for x in lines if x["kind"] == "step"] == [0, 2, 4]
 
 
+def test_resume_with_a_stretched_cvpr_schedule_is_bit_for_bit(tiny_data, tmp_path):
+    # "fast" over 2 epochs: epoch 1 reads the formula at e = 1*30/2 = 15. The first part
+    # runs with a 1-epoch budget (epoch 0 is the same: e = 0 for any budget); the resume
+    # must stretch the schedule onto the 2-epoch budget from its very first step.
+    base = TrainConfig(epochs=2, schedule="fast", **{**TINY, "monitor_every": 1})
+    full = Trainer(base, data=tiny_data)
+    full.fit()
+    Trainer(base.replace(epochs=1), data=tiny_data, out=tmp_path).fit()
+    res = train(base, data=tiny_data, out=tmp_path, resume=True)
+    assert res.steps == 6
+    resumed = load_checkpoint(tmp_path / "checkpoint.pt")
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(resumed["model"][k], v), k
+    lrs = [r["lr"] for r in resumed["monitor"]["history"]]
+    assert lrs == [r["lr"] for r in full.monitor.history]
+    assert lrs[3] == pytest.approx(0.1 * (1 - 14 / 52) ** 11, rel=1e-9)
+
+
+def test_hybrid_switch_happens_once_at_its_epoch(tiny_data, tmp_path):
+    logged = []
+    cfg = TrainConfig(task="gcp", epochs=3, hybrid_switch_epoch=1, **TINY)
+    res = train(cfg, data=tiny_data, out=tmp_path, log=logged.append)
+    assert not res.failed
+    assert [e["meta_method"] for e in res.epochs] == ["ns", "eig", "eig"]
+    assert [e["meta_backward"] for e in res.epochs] == ["exact", "pade", "pade"]
+    assert [m for m in logged if "hybrid switch" in m] == [
+        "[vanilla] epoch 1: hybrid switch, meta-layers now eig/pade"]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["meta_method"]) for r in rows if r["kind"] == "epoch"] == [
+        (1, "ns"), (2, "eig"), (3, "eig")]
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["hybrid"] == {"switch_epoch": 1, "method": "eig", "backward": "pade",
+                               "iters": "keep", "switched": True, "switched_at": 1}
+    # a resumed trainer runs the switched method from its first forward
+    again = Trainer(cfg.replace(epochs=4), data=tiny_data)
+    assert again.model.head.method == "ns"
+    again.load_state_dict(state)
+    assert (again.model.head.method, again.model.head.backward) == ("eig", "pade")
+    # evaluating the checkpoint rebuilds the switched model: the run's own test accuracy
+    ev = evaluate_checkpoint(tmp_path, data=tiny_data)
+    assert ev["meta_layers"] == {"head": ["eig", "pade", 5]}
+    assert ev["clean_accuracy"] == res.final_acc and ev["epoch"] == 3 and ev["num_samples"] == 64
+    assert ev["corruptions"] is None
+
+
+def test_landscape_probe_writes_its_records_and_leaves_training_alone(tiny_data, tmp_path):
+    from orthocond.landscape import LandscapeRecord
+
+    cfg = TrainConfig(epochs=1, landscape_every=2, landscape_steps=3, **{**TINY, "plots": True})
+    t = Trainer(cfg, data=tiny_data, out=tmp_path)
+    t.fit()
+    payload = json.loads((tmp_path / "landscape.json").read_text())
+    assert set(payload) == {"label", "seed", "every", "num_steps", "records"}
+    assert payload["every"] == 2 and payload["num_steps"] == 3
+    recs = payload["records"]
+    assert [r["step"] for r in recs] == [0, 2]
+    assert set(recs[0]) == set(LandscapeRecord.__dataclass_fields__)
+    assert recs[0]["etas"] == pytest.approx([0.1, 37.55, 75.0])
+    for r in recs:
+        assert len(r["losses"]) == len(r["grad_diffs"]) == 3
+        assert r["loss_min"] == min(r["losses"]) and r["grad_diff_max"] == max(r["grad_diffs"])
+    # the probe's unperturbed loss is the training step's loss (same batch, same mode)
+    train_loss = {h["step"]: h["loss"] for h in t.monitor.history}
+    for r in recs:
+        assert r["loss"] == pytest.approx(train_loss[r["step"]], rel=1e-5)
+    assert (tmp_path / "landscape.png").read_bytes()[:4] == b"\x89PNG"
+    assert [x.step for x in read_landscape(tmp_path / "landscape.json")] == [0, 2]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["landscape"]["history"] == recs
+    # measuring changes nothing in the training trajectory
+    plain = Trainer(cfg.replace(landscape_every=0, plots=False), data=tiny_data)
+    plain.fit()
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(t.model.state_dict()[k], v), k
+
+
 def test_resume_errors(tiny_data, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         train(TrainConfig(**TINY), data=tiny_data, out=tmp_path, resume=True)
@@ -249,6 +376,16 @@ def test_compare_counts_failures_and_formats(tiny_data, tmp_path):
     assert "| a | 60.00 ± 10.00 | 100 | 1e+09 | 2 | — | 1/3 |" in format_table([row])
 
 
+def test_compare_overlays_the_landscape_of_every_run(tiny_data, tmp_path):
+    base = TrainConfig(epochs=1, landscape_every=3, landscape_steps=2, **{**TINY, "plots": True})
+    compare(base, ["vanilla", "nog"], out=tmp_path, data=tiny_data, log=lambda m: None)
+    for run in ("vanilla-s0", "nog-s0"):
+        recs = read_landscape(tmp_path / "runs" / run / "landscape.json")
+        assert [r.step for r in recs] == [0] and len(recs[0].etas) == 2
+        assert not (tmp_path / "runs" / run / "landscape.png").exists()  # one overlay only
+    assert (tmp_path / "landscape.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_compare_in_worker_processes_matches_sequential(tiny_data):
     base = TrainConfig(epochs=1, limit_train=192, limit_test=64, **TINY)  # = tiny_data
     _, seq = compare(base, ["vanilla", "olr"], data=tiny_data, log=lambda m: None, threads=1)
@@ -266,3 +403,17 @@ def test_compare_in_worker_processes_matches_sequential(tiny_data):
 def test_train_on_cuda(tiny_data):
     res = train(TrainConfig(epochs=1, treatment="nog+olr", device="cuda", **TINY), data=tiny_data)
     assert not res.failed and res.final_acc is not None
+
+
+@pytest.mark.cuda
+def test_research_options_on_cuda(tiny_data, tmp_path):
+    cfg = TrainConfig(task="gcp", epochs=2, device="cuda", hybrid_switch_epoch=1,
+                      landscape_every=3, landscape_steps=2, **TINY)
+    res = train(cfg, data=tiny_data, out=tmp_path)
+    assert not res.failed and [e["meta_method"] for e in res.epochs] == ["ns", "eig"]
+    assert [r.step for r in read_landscape(tmp_path / "landscape.json")] == [0, 3]
+    ev = evaluate_checkpoint(tmp_path, corruptions=["gaussian_noise"], severities=[1],
+                             data=tiny_data)
+    assert ev["clean_accuracy"] == pytest.approx(res.final_acc, abs=1 / 64)
+    assert ev == evaluate_checkpoint(tmp_path, corruptions=["gaussian_noise"], severities=[1],
+                                     data=tiny_data)
