@@ -408,3 +408,14 @@ def test_lyapunov_sign_solves_the_equation():
     C = torch.randn(6, 6, dtype=torch.float64)
     X = lyapunov_sign(B, C, 30)
     assert torch.allclose(B @ X + X @ B, C, atol=1e-10)
+
+
+def test_mpa_survives_thread_count_changes():
+    # MKL's batched LU breaks after torch.set_num_threads(1) -> n; MPA solves by Cholesky.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    _ = torch.randn(32, 32) @ torch.randn(32, 32)
+    torch.set_num_threads(threads)
+    A = spd(48, kappa=100.0, batch=(4,), dtype=torch.float32)
+    assert rel(inv_sqrtm(A, "mpa"), eig_reference(A, -0.5)) < 5e-2
+    assert rel(sqrtm(A, "mpa"), eig_reference(A, 0.5)) < 5e-2

@@ -88,14 +88,27 @@ def _lyapunov_sign(B: Tensor, C: Tensor, iters: int) -> Tensor:
     return 0.5 * Ck
 
 
+def _spd_solve(D: Tensor, N: Tensor) -> Tensor:
+    """D^{-1} N for the Padé denominators, which are symmetric positive definite.
+
+    p(z) >= 1/1024 and q(z) >= 11/1024 on spec(Z) ⊂ [0, 1], so Cholesky always succeeds; it is
+    cheaper than LU and, unlike batched LU on MKL, survives ``torch.set_num_threads`` changes.
+    LU remains the fallback should rounding ever break definiteness.
+    """
+    L, info = torch.linalg.cholesky_ex(sym(D))
+    if not _is_compiling() and bool((info != 0).any()):
+        return torch.linalg.solve(D, N)
+    return torch.cholesky_solve(N, L)
+
+
 class _MPARoot(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A: Tensor, inverse: bool, lyap_iters: int) -> Tensor:  # type: ignore[override]
         P, Q, scale = _pade_pair(A)
         if inverse:
-            out = torch.linalg.solve(P, Q) / scale.sqrt()
+            out = _spd_solve(P, Q) / scale.sqrt()
         else:
-            out = torch.linalg.solve(Q, P) * scale.sqrt()
+            out = _spd_solve(Q, P) * scale.sqrt()
         out = sym(out)
         ctx.save_for_backward(out)
         ctx.inverse, ctx.lyap_iters = inverse, lyap_iters
