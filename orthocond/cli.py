@@ -247,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a compare-style name such as nog-grad+olr (overrides --nog/--olr/--ortho)")
     t.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt (same settings; --epochs may grow)")
+    d = tr.add_argument_group("distributed (torchrun --nproc_per_node=N -m orthocond train ...)")
+    d.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun: synchronise the decorrelated-BN statistics over all "
+                        "processes (default on under torchrun; ignored in a single process). "
+                        "Each process trains on its slice of every global --batch-size batch "
+                        "(gloo on the CPU, nccl with one GPU per LOCAL_RANK); only rank 0 "
+                        "writes --out and prints")
 
     cp = sub.add_parser(
         "compare", help="run a grid of treatments x seeds; table + plots (the main job)",
@@ -360,7 +367,7 @@ def _print_summary(result: Any, out: Path) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from .training import distributed_env, train
 
     cfg = _config(args, compare=False)
     if args.threads is not None:
@@ -369,14 +376,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / f"{_slug(cfg.label)}-s{cfg.seed}"
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    result = train(cfg, out=out, resume=args.resume, progress=not args.quiet, log=log)
-    _print_summary(result, out)
+    env = distributed_env()  # torchrun: rank 0 prints, the others stay silent
+    result = train(cfg, out=out, resume=args.resume, progress=not args.quiet, log=log,
+                   sync_bn=args.sync_bn)
+    if env is None or env[0] == 0:
+        _print_summary(result, out)
     return 1 if result.failed else 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .training import compare, format_table
+    from .training import compare, distributed_env, format_table
 
+    if distributed_env() is not None:
+        raise ValueError(
+            "compare does not support torchrun (WORLD_SIZE > 1); run `orthocond compare` "
+            "without torchrun (--jobs N trains runs in parallel)"
+        )
     cfg = _config(args, compare=True)
     treatments = [t.strip() for t in args.treatments.split(",") if t.strip()]
     out = Path(args.out) if args.out else Path("runs") / "compare"

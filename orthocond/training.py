@@ -47,6 +47,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -68,6 +69,7 @@ __all__ = [
     "Trainer",
     "parse_treatment",
     "resolve_device",
+    "distributed_env",
     "build_model",
     "build_optimizer",
     "train",
@@ -459,6 +461,34 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def distributed_env() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` from torchrun's environment variables (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``) when ``WORLD_SIZE`` > 1, else None (a single process).
+
+    Example::
+
+        >>> distributed_env()  # outside torchrun                    # doctest: +SKIP
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from None
+    if world <= 1:
+        return None
+    try:
+        rank = int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    except (KeyError, ValueError):
+        raise ValueError(
+            "WORLD_SIZE > 1 but RANK/LOCAL_RANK are missing or not integers; launch with torchrun"
+        ) from None
+    return rank, world, local
+
+
+def _ddp_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -687,6 +717,18 @@ class Trainer:
             landscape.png with ``cfg.landscape_every``); None writes nothing.
         progress (bool): show a tqdm bar (also requires a TTY). Default False.
         log (callable): where one-line messages go (``print`` to stderr by default).
+        sync_bn (bool, optional): inside an initialised process group of size > 1
+            (torchrun, see :func:`train`), convert the decorrelated BNs to
+            :func:`~orthocond.nn.convert_sync_decorrelated_batchnorm` layers. Default
+            (None): on under DDP. Ignored in a single process.
+
+    Distributed data parallel: when a process group of size R > 1 is initialised, the
+    model is wrapped in ``DistributedDataParallel`` after the optimizer and the NOG/OLR
+    hooks are built (the hooks are optimizer step pre-hooks, so they see the all-reduced
+    gradients; ``self.model`` stays the unwrapped module, which is what checkpoints
+    save). Every rank draws the same global batch (same seed) and trains on its slice
+    ``torch.tensor_split(batch, R)[rank]``; the recorded loss and the train statistics
+    are averaged over the global batch. Every rank evaluates the full test set.
 
     Example::
 
@@ -702,14 +744,24 @@ class Trainer:
         out: Union[str, os.PathLike, None] = None,
         progress: bool = False,
         log: Callable[[str], None] | None = None,
+        sync_bn: bool | None = None,
     ) -> None:
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+        if sync_bn is not None and not isinstance(sync_bn, bool):
+            raise TypeError(f"sync_bn must be a bool or None, got {sync_bn!r}")
         self.cfg = cfg
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.out = Path(out) if out is not None else None
         self.progress = bool(progress)
         self.device = resolve_device(cfg.device)
+        self.ddp = _ddp_active()
+        self.rank = dist.get_rank() if self.ddp else 0
+        self.world_size = dist.get_world_size() if self.ddp else 1
+        if self.ddp and self.device.type == "cuda":
+            env = distributed_env()
+            self.device = torch.device("cuda", env[2] if env is not None else torch.cuda.current_device())
+            torch.cuda.set_device(self.device)
         _seed_everything(cfg.seed)
         if data is None:
             data = load_dataset(
@@ -718,8 +770,20 @@ class Trainer:
             )  # fmt: skip
         self.data = data
         self.resolved = cfg.resolved(data.name)
-        self.model = build_model(cfg, data).to(self.device)
+        self.model = build_model(cfg, data)
+        if self.ddp and sync_bn is not False:
+            from .nn import convert_sync_decorrelated_batchnorm
+
+            self.model = convert_sync_decorrelated_batchnorm(self.model)
+        self.model = self.model.to(self.device)
         self.optimizer, self.hooks, self.pre_svd_params = build_optimizer(cfg, self.model)
+        # The module the training forward runs through (DDP wrapper under torchrun).
+        self.net: nn.Module = self.model
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.train_batches = data.train_batches(
             cfg.batch_size, device=self.device, seed=cfg.seed, augment=cfg.augment
         )
@@ -784,12 +848,17 @@ class Trainer:
 
     def train_epoch(self, bar: Any = None) -> dict[str, Any]:
         """One pass over the training batches; stops early on divergence (``self.failed``)."""
-        model, opt, mon = self.model, self.optimizer, self.monitor
+        model, opt, mon = self.net, self.optimizer, self.monitor
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
         for x, y in self.train_batches:
+            if self.ddp:
+                if y.shape[0] < self.world_size:  # same global batch on every rank: all skip
+                    continue
+                x = x.tensor_split(self.world_size)[self.rank]
+                y = y.tensor_split(self.world_size)[self.rank]
             lr = opt.param_groups[1]["lr"]
             try:
                 logits = model(x)
@@ -804,7 +873,8 @@ class Trainer:
                 self.failed = f"linalg error at step {self.global_step}: {str(exc).splitlines()[0]}"
                 break
             n_events = len(mon.events)
-            rec = mon.step(loss=loss, lr=lr)
+            # Under DDP the global-batch loss, so that every rank takes the same decisions.
+            rec = mon.step(loss=self._global_loss(loss, y.shape[0]) if self.ddp else loss, lr=lr)
             if len(mon.events) > n_events:
                 ev = mon.events[n_events]
                 self.failed = f"non-finite {ev['kind']} at step {ev['step']}"
@@ -836,8 +906,18 @@ class Trainer:
                         c = rec[self.cond_key]
                         post["log10k"] = f"{math.log10(c):.2f}" if 0 < c < math.inf else "inf"
                     bar.set_postfix(post, refresh=False)
+        if self.ddp and self.failed is None:
+            totals = torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(float(seen))])
+            dist.all_reduce(totals)
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
         seen = max(seen, 1)
         return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+
+    def _global_loss(self, loss: Tensor, n: int) -> Tensor:
+        """The mean loss over the global batch (all ranks' slices of ``n`` samples each)."""
+        both = torch.stack([loss.detach().double() * n, loss.new_tensor(float(n), dtype=torch.float64)])
+        dist.all_reduce(both)
+        return (both[0] / both[1]).to(loss.dtype)
 
     def _measure_landscape(self, x: Tensor, y: Tensor) -> None:
         """One :class:`~orthocond.landscape.LandscapeProbe` record on the current batch
@@ -1101,13 +1181,62 @@ def train(
     data: DataSplits | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    sync_bn: bool | None = None,
 ) -> RunResult:
     """Train one run; with ``resume`` continue from ``out/checkpoint.pt``: ``cfg`` must
     describe the same run (``epochs`` may grow; ``device`` and output options may change).
 
+    Under ``torchrun --nproc_per_node=R`` (:func:`distributed_env` not None) this
+    initialises the process group (``gloo`` on the CPU, ``nccl`` on CUDA with device
+    ``cuda:LOCAL_RANK``), trains with DistributedDataParallel (see :class:`Trainer`;
+    ``sync_bn``: synchronised decorrelated BN, default on) and destroys the group at the
+    end. Only rank 0 writes ``out`` (metrics, checkpoints, plots, TensorBoard), shows the
+    progress bar and logs; every rank returns the same :class:`RunResult`.
+
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint in ``out``.
     """
+    env = distributed_env()
+    own_group = False
+    if env is not None and not dist.is_initialized():
+        if not dist.is_available():
+            raise ValueError("WORLD_SIZE > 1 (torchrun) but torch.distributed is not available")
+        rank, world, local = env
+        if resolve_device(cfg.device).type == "cuda":
+            if local >= torch.cuda.device_count():
+                raise ValueError(
+                    f"LOCAL_RANK {local} needs cuda:{local} but only {torch.cuda.device_count()} "
+                    "CUDA device(s) are visible; use --nproc_per_node <= the GPU count"
+                )
+            torch.cuda.set_device(local)
+            backend = "nccl"
+        else:
+            backend = "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        own_group = True
+    try:
+        if _ddp_active() and dist.get_rank() != 0:
+            out_rank, progress, log = None, False, (lambda msg: None)
+        else:
+            out_rank = out
+        return _train(cfg, out=out, out_rank=out_rank, resume=resume, data=data,
+                      progress=progress, log=log, sync_bn=sync_bn)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: TrainConfig,
+    *,
+    out: Union[str, os.PathLike, None],
+    out_rank: Union[str, os.PathLike, None],
+    resume: bool,
+    data: DataSplits | None,
+    progress: bool,
+    log: Callable[[str], None] | None,
+    sync_bn: bool | None,
+) -> RunResult:
     if resume:
         if out is None:
             raise ValueError("resume=True needs out= (the run directory holding checkpoint.pt)")
@@ -1119,10 +1248,10 @@ def train(
             )
         state = load_checkpoint(path)
         _check_same_run(cfg, TrainConfig.from_dict(state["config"]))
-        trainer = Trainer(cfg, data=data, out=out, progress=progress, log=log)
+        trainer = Trainer(cfg, data=data, out=out_rank, progress=progress, log=log, sync_bn=sync_bn)
         trainer.load_state_dict(state)
     else:
-        trainer = Trainer(cfg, data=data, out=out, progress=progress, log=log)
+        trainer = Trainer(cfg, data=data, out=out_rank, progress=progress, log=log, sync_bn=sync_bn)
     try:
         return trainer.fit()
     finally:
@@ -1355,6 +1484,12 @@ def compare(
     Returns:
         (rows of :func:`aggregate`, the individual :class:`RunResult` list, in grid order)
     """
+    if distributed_env() is not None or _ddp_active():
+        raise ValueError(
+            "compare does not support torchrun / distributed training (WORLD_SIZE > 1); run "
+            "`orthocond compare` as a single process (--jobs N trains runs in parallel) or "
+            "`orthocond train` under torchrun"
+        )
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive int, got {seeds!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
