@@ -11,9 +11,11 @@ from torch import Tensor
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _is_compiling() -> bool:
+def is_compiling() -> bool:
+    """True while Dynamo traces (``torch.compile``): skip host-side checks and state then."""
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and compiler.is_compiling())
+
 
 
 def check_matrix(A: Tensor, name: str = "A", *, square: bool = True, finite: bool = True) -> None:
@@ -36,7 +38,7 @@ def check_matrix(A: Tensor, name: str = "A", *, square: bool = True, finite: boo
         raise ValueError(f"{name} must be square in its last two dims, got shape {tuple(A.shape)}")
     if A.shape[-1] == 0 or A.shape[-2] == 0:
         raise ValueError(f"{name} must have non-empty matrix dims, got shape {tuple(A.shape)}")
-    if finite and not _is_compiling() and not bool(torch.isfinite(A).all()):
+    if finite and not is_compiling() and not bool(torch.isfinite(A).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
 
 

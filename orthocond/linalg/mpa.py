@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._utils import _is_compiling, check_matrix, check_positive_int, safe_floor, sym
+from ._utils import check_matrix, check_positive_int, is_compiling, safe_floor, sym
 
 # [5/5] Padé coefficients of sqrt(1 - z), lowest degree first.
 _P = (1.0, -11.0 / 4, 11.0 / 4, -77.0 / 64, 55.0 / 256, -11.0 / 1024)
@@ -67,7 +67,7 @@ def lyapunov_sign(B: Tensor, C: Tensor, iters: int = 8) -> Tensor:
         >>> torch.allclose(B @ X + X @ B, torch.eye(2, dtype=torch.float64))
         True
     """
-    if not _is_compiling():
+    if not is_compiling():
         check_matrix(B, "B")
         check_matrix(C, "C")
         if C.shape != B.shape:
@@ -96,7 +96,7 @@ def _spd_solve(D: Tensor, N: Tensor) -> Tensor:
     LU remains the fallback should rounding ever break definiteness.
     """
     L, info = torch.linalg.cholesky_ex(sym(D))
-    if not _is_compiling() and bool((info != 0).any()):
+    if not is_compiling() and bool((info != 0).any()):
         return torch.linalg.solve(D, N)
     return torch.cholesky_solve(N, L)
 

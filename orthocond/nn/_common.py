@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch
 from torch import Tensor
 
 from orthocond import linalg
-from orthocond.linalg._utils import compute_dtype, no_autocast
+from orthocond.linalg._utils import compute_dtype, is_compiling, no_autocast
 
 __all__ = [
     "check_bool",
@@ -21,12 +20,6 @@ __all__ = [
     "matrix_function_kwargs",
     "no_autocast",
 ]
-
-
-def is_compiling() -> bool:
-    """True while Dynamo traces (``torch.compile``): skip host-side state and data checks then."""
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
 
 
 def check_bool(value: Any, name: str) -> None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from orthocond.linalg import inv_sqrtm, polar
+from orthocond.linalg._utils import check_positive_int
 
 TRIVIALIZATIONS = ("expm", "cayley")
 
@@ -57,12 +58,6 @@ def _check_float(value: object, name: str, *, positive: bool) -> float:
         need = "> 0" if positive else ">= 0"
         raise ValueError(f"{name} must be a finite float {need}, got {value!r}")
     return float(value)
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class FlattenedOrthogonal(nn.Module):
@@ -303,7 +298,7 @@ def oni(module: nn.Module, name: str = "weight", *, iters: int = 5, eps: float =
         True
     """
     weight = _check_weight(module, name, "oni")
-    _check_positive_int(iters, "iters")
+    check_positive_int(iters, "iters")
     _check_float(eps, "eps", positive=True)
     _check_float(scale, "scale", positive=True)
     if not isinstance(centering, bool) or not isinstance(learnable_scale, bool):
@@ -339,7 +334,7 @@ def own(module: nn.Module, name: str = "weight", *, group_size: int | None = Non
     """
     weight = _check_weight(module, name, "own")
     if group_size is not None:
-        _check_positive_int(group_size, "group_size")
+        check_positive_int(group_size, "group_size")
     _check_float(eps, "eps", positive=True)
     _check_float(scale, "scale", positive=True)
     if not isinstance(centering, bool) or not isinstance(learnable_scale, bool):

@@ -12,13 +12,10 @@ from typing import Any, Iterable, Union
 import torch
 from torch import Tensor, nn
 
+from orthocond.linalg._utils import is_compiling
+
 PENALTY_KINDS = ("so", "dso", "mc", "srip")
 SRIP_SCHEDULES = ("reference", "paper")
-
-
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
 
 
 def as_matrix(weight: Tensor, name: str = "weight") -> Tensor:
@@ -34,7 +31,7 @@ def as_matrix(weight: Tensor, name: str = "weight") -> Tensor:
         )
     if weight.numel() == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(weight.shape)}")
-    if not _is_compiling() and not bool(torch.isfinite(weight).all()):
+    if not is_compiling() and not bool(torch.isfinite(weight).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
     return weight.reshape(weight.shape[0], -1)
 
