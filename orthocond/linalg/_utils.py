@@ -17,7 +17,6 @@ def is_compiling() -> bool:
     return bool(compiler is not None and compiler.is_compiling())
 
 
-
 def check_matrix(A: Tensor, name: str = "A", *, square: bool = True, finite: bool = True) -> None:
     """Raise ``TypeError``/``ValueError`` unless ``A`` is a floating (batch of) matrix.
 
