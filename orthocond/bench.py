@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from . import __version__
+from ._argtypes import non_negative_int, positive_float, positive_int
 from ._bench_cases import (
     BUILDERS,
     CPU_SIZES,
@@ -663,36 +664,6 @@ def run_bench(
 # --------------------------------------------------------------------------- CLI
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def _size_arg(text: str) -> tuple[str | None, tuple[int, ...]]:
     try:
         return parse_size(text)
@@ -719,11 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (CUDA)")
-    parser.add_argument("--repeat", type=_positive_int, default=None, help="timed runs (20 CUDA, 5 CPU)")
-    parser.add_argument("--warmup", type=_non_negative_int, default=None, help="warm-up runs (3 CUDA, 1 CPU)")
+    parser.add_argument("--repeat", type=positive_int, default=None, help="timed runs (20 CUDA, 5 CPU)")
+    parser.add_argument("--warmup", type=non_negative_int, default=None, help="warm-up runs (3 CUDA, 1 CPU)")
     parser.add_argument(
         "--max-time",
-        type=_positive_float,
+        type=positive_float,
         default=2.0,
         help="seconds of timed runs per measurement; fewer repeats for slow methods (default 2)",
     )

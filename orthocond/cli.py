@@ -25,40 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._argtypes import finite_float, non_negative_int, positive_int
+
 __all__ = ["main", "build_parser"]
 
 # The quick defaults of `orthocond compare` (embedded MNIST, 2 CPU cores: ~6-7 minutes).
 COMPARE_DEFAULTS = {"epochs": 4, "width": 16, "monitor_every": 2}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return v
-
-
-def _float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return v
 
 
 def _milestones(text: str) -> tuple[float, ...]:
@@ -126,32 +98,32 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
     g.add_argument("--data-dir", default=None, help="folder with the dataset files")
     g.add_argument("--download", action="store_true",
                    help="let torchvision download CIFAR into --data-dir (never done implicitly)")
-    g.add_argument("--limit-train", type=_positive_int, default=None,
+    g.add_argument("--limit-train", type=positive_int, default=None,
                    help="train on a stratified subset of this many images")
-    g.add_argument("--limit-test", type=_positive_int, default=None,
+    g.add_argument("--limit-test", type=positive_int, default=None,
                    help="evaluate on a stratified subset of this many images")
-    g.add_argument("--width", type=_positive_int, default=None,
+    g.add_argument("--width", type=positive_int, default=None,
                    help="base width of the ResNet (default 16 on mnist, 64 otherwise)")
     g.add_argument("--method", choices=("eig", "ns", "mpa"), default=None,
                    help="matrix function of the meta-layer (default eig for dbn, ns for gcp)")
     g.add_argument("--backward", choices=("exact", "svd", "taylor", "pade"), default="exact",
                    help="gradient of method=eig (default exact)")
-    g.add_argument("--iters", type=_positive_int, default=None,
+    g.add_argument("--iters", type=positive_int, default=None,
                    help="Newton-Schulz iterations for method=ns (default 5)")
-    g.add_argument("--eps", type=_float, default=1e-2, help="ZCA whitening eps (default 1e-2)")
-    g.add_argument("--groups", type=_positive_int, default=1, help="ZCA channel groups (default 1)")
-    g.add_argument("--reduced-channels", type=_positive_int, default=None,
+    g.add_argument("--eps", type=finite_float, default=1e-2, help="ZCA whitening eps (default 1e-2)")
+    g.add_argument("--groups", type=positive_int, default=1, help="ZCA channel groups (default 1)")
+    g.add_argument("--reduced-channels", type=positive_int, default=None,
                    help="GCP covariance size d (default min(256, 8*width))")
     g.add_argument("--no-augment", action="store_true", help="no random crop / flip")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=_positive_int,
+    o.add_argument("--epochs", type=positive_int,
                    default=None if compare else 4,
                    help=f"epochs (default {COMPARE_DEFAULTS['epochs'] if compare else 4})")
-    o.add_argument("--batch-size", type=_positive_int, default=128, help="default 128")
-    o.add_argument("--lr", type=_float, default=None, help="SGD learning rate (default 0.1)")
-    o.add_argument("--momentum", type=_float, default=0.9, help="default 0.9")
-    o.add_argument("--weight-decay", type=_float, default=None,
+    o.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
+    o.add_argument("--lr", type=finite_float, default=None, help="SGD learning rate (default 0.1)")
+    o.add_argument("--momentum", type=finite_float, default=0.9, help="default 0.9")
+    o.add_argument("--weight-decay", type=finite_float, default=None,
                    help="default 5e-4 (dbn, ECCV22) / 1e-4 (gcp, iSQRT-COV)")
     o.add_argument("--schedule", choices=SCHEDULES, default="multistep",
                    help="lr schedule, stepped every iteration (default multistep x--gamma); "
@@ -163,7 +135,7 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
                    help="multistep/step milestones in epochs, e.g. 100,200,300 (default: the "
                         "papers' fractions of --epochs: dbn 100/200/300 of 350, gcp 30/45/60 "
                         "of 65)")
-    o.add_argument("--gamma", type=_float, default=0.1,
+    o.add_argument("--gamma", type=finite_float, default=0.1,
                    help="multistep/step factor (default 0.1)")
     o.add_argument("--hybrid-switch-epoch", type=_switch_epoch, default=None, metavar="E|auto",
                    help="hybrid NS->SVD (ICCV 2021): from the 0-based epoch E on, the "
@@ -172,25 +144,25 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
                         "Default off")
     o.add_argument("--hybrid-backward", choices=("pade", "exact", "taylor", "svd"),
                    default="pade", help="eigen-gradient after the hybrid switch (default pade)")
-    o.add_argument("--nog-rtol", type=_float, default=None,
+    o.add_argument("--nog-rtol", type=finite_float, default=None,
                    help="NOG singular-value cut-off (relative to the largest; default none)")
-    o.add_argument("--penalty-coef", type=_float, default=None,
+    o.add_argument("--penalty-coef", type=finite_float, default=None,
                    help="lambda of the so/dso/mc/srip penalties (default 1e-2; srip: "
                         "its epoch schedule)")
 
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:N")
-    r.add_argument("--seed", type=_nonneg_int, default=0, help="default 0")
-    r.add_argument("--monitor-every", type=_positive_int, default=None if compare else 10,
+    r.add_argument("--seed", type=non_negative_int, default=0, help="default 0")
+    r.add_argument("--monitor-every", type=positive_int, default=None if compare else 10,
                    help="record the condition number every N steps (default "
                         + (f"{COMPARE_DEFAULTS['monitor_every']})" if compare else "10)"))
-    r.add_argument("--landscape-every", type=_nonneg_int, default=0, metavar="K",
+    r.add_argument("--landscape-every", type=non_negative_int, default=0, metavar="K",
                    help="measure the loss landscape / gradient predictiveness at the stem "
                         "output (CVPR 2020) after the backward of every K-th step; writes "
                         "landscape.json and landscape.png"
                         + (" (per run; compare overlays them in landscape.png)" if compare else "")
                         + ". 0 = off (default)")
-    r.add_argument("--landscape-steps", type=_positive_int, default=50, metavar="N",
+    r.add_argument("--landscape-steps", type=positive_int, default=50, metavar="N",
                    help="step sizes of each landscape measurement, evenly spaced in "
                         "[0.1, 75] (default 50, as in the paper)")
     r.add_argument("--out", default=None,
@@ -198,13 +170,13 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
     r.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     r.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
-    r.add_argument("--workers", type=_nonneg_int, default=4,
+    r.add_argument("--workers", type=non_negative_int, default=4,
                    help="DataLoader workers (imagefolder only; default 4)")
-    r.add_argument("--threads", type=_positive_int, default=None,
+    r.add_argument("--threads", type=positive_int, default=None,
                    help="torch intra-op threads per run (default: "
                         + ("CPU cores / --jobs on the CPU" if compare else "torch's default") + ")")
     if compare:
-        r.add_argument("--jobs", type=_positive_int, default=None,
+        r.add_argument("--jobs", type=positive_int, default=None,
                        help="runs trained at the same time, one process each (default: the "
                             "number of CPU cores on the CPU, 1 on a GPU)")
 
@@ -270,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated treatments; each joins parts of "
                          f"{{{','.join(TREATMENT_PARTS)}}} with '+' "
                          f"(default {','.join(DEFAULT_TREATMENTS)})")
-    cp.add_argument("--seeds", type=_positive_int, default=1,
+    cp.add_argument("--seeds", type=positive_int, default=1,
                     help="seeds per treatment (--seed, --seed+1, ...; default 1)")
 
     sub.add_parser(
@@ -299,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--baseline", default=None, metavar="RESULT.json",
                     help="an earlier `orthocond eval` result with the same corruptions and "
                          "severities: adds CE, mCE and relative CE/mCE")
-    ev.add_argument("--seed", type=_nonneg_int, default=0,
+    ev.add_argument("--seed", type=non_negative_int, default=0,
                     help="seed of the corruption noise (default 0)")
     ev.add_argument("--out", default=None, metavar="RESULT.json",
                     help="where to write the JSON result (default eval.json next to the "
@@ -307,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None,
                     help="overrides the checkpoint's device (auto, cpu, cuda:N)")
     ev.add_argument("--data-dir", default=None, help="overrides the checkpoint's data folder")
-    ev.add_argument("--batch-size", type=_positive_int, default=None,
+    ev.add_argument("--batch-size", type=positive_int, default=None,
                     help="evaluation batch size (default max(training batch, 256))")
     return parser
 
