@@ -270,6 +270,20 @@ class OWN(nn.Module):
         return self.gain.scale_rows(W).reshape(self.shape)
 
 
+def _check_gain_options(eps: object, scale: object, centering: object, learnable_scale: object) -> None:
+    _check_float(eps, "eps", positive=True)
+    _check_float(scale, "scale", positive=True)
+    if not isinstance(centering, bool) or not isinstance(learnable_scale, bool):
+        raise TypeError("centering and learnable_scale must be bool")
+
+
+def _register(module: nn.Module, name: str, weight: Tensor, param: nn.Module) -> nn.Module:
+    parametrize.register_parametrization(
+        module, name, param.to(device=weight.device, dtype=weight.dtype)
+    )
+    return module
+
+
 def oni(module: nn.Module, name: str = "weight", *, iters: int = 5, eps: float = 1e-5,
         scale: float = 1.0, centering: bool = True, learnable_scale: bool = False) -> nn.Module:
     r"""Register :class:`ONI` on ``module.<name>`` (flattened ``(C_out, C_in*kh*kw)`` matrix).
@@ -299,15 +313,9 @@ def oni(module: nn.Module, name: str = "weight", *, iters: int = 5, eps: float =
     """
     weight = _check_weight(module, name, "oni")
     check_positive_int(iters, "iters")
-    _check_float(eps, "eps", positive=True)
-    _check_float(scale, "scale", positive=True)
-    if not isinstance(centering, bool) or not isinstance(learnable_scale, bool):
-        raise TypeError("centering and learnable_scale must be bool")
+    _check_gain_options(eps, scale, centering, learnable_scale)
     param = ONI(weight.shape, iters, float(eps), float(scale), centering, learnable_scale)
-    parametrize.register_parametrization(
-        module, name, param.to(device=weight.device, dtype=weight.dtype)
-    )
-    return module
+    return _register(module, name, weight, param)
 
 
 def own(module: nn.Module, name: str = "weight", *, group_size: int | None = None,
@@ -335,12 +343,6 @@ def own(module: nn.Module, name: str = "weight", *, group_size: int | None = Non
     weight = _check_weight(module, name, "own")
     if group_size is not None:
         check_positive_int(group_size, "group_size")
-    _check_float(eps, "eps", positive=True)
-    _check_float(scale, "scale", positive=True)
-    if not isinstance(centering, bool) or not isinstance(learnable_scale, bool):
-        raise TypeError("centering and learnable_scale must be bool")
+    _check_gain_options(eps, scale, centering, learnable_scale)
     param = OWN(weight.shape, group_size, float(eps), float(scale), centering, learnable_scale)
-    parametrize.register_parametrization(
-        module, name, param.to(device=weight.device, dtype=weight.dtype)
-    )
-    return module
+    return _register(module, name, weight, param)
