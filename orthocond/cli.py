@@ -27,10 +27,21 @@ from typing import Any
 
 from ._argtypes import finite_float, non_negative_int, positive_int
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
 
 # The quick defaults of `orthocond compare` (embedded MNIST, 2 CPU cores: ~6-7 minutes).
 COMPARE_DEFAULTS = {"epochs": 4, "width": 16, "monitor_every": 2}
+
+# `orthocond compare --preset NAME`: defaults of the compare options (explicit options win).
+# failures: the paper DBN eps 1e-5 and short noisy runs (64 steps of batch 32), 8 seeds per
+# treatment, where the unguarded textbook eigen-gradient NaNs (~4 minutes on 2 cores).
+COMPARE_PRESETS: dict[str, dict[str, Any]] = {
+    "failures": {
+        "eps": 1e-5, "lr": 0.1, "batch_size": 32, "limit_train": 2048, "epochs": 1,
+        "no_augment": True, "seeds": 8, "monitor_every": 4, "treatments": None,
+        "out": str(Path("runs") / "failures"),
+    },
+}  # fmt: skip
 
 
 def _milestones(text: str) -> tuple[float, ...]:
@@ -84,6 +95,7 @@ def _severities(text: str) -> tuple[int, ...]:
 
 def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
     from .data import DATASETS
+    from .linalg import ALL_BACKWARDS
     from .training import SCHEDULES, TASKS
 
     g = p.add_argument_group("model and data")
@@ -106,8 +118,10 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
                    help="base width of the ResNet (default 16 on mnist, 64 otherwise)")
     g.add_argument("--method", choices=("eig", "ns", "mpa"), default=None,
                    help="matrix function of the meta-layer (default eig for dbn, ns for gcp)")
-    g.add_argument("--backward", choices=("exact", "svd", "taylor", "pade"), default="exact",
-                   help="gradient of method=eig (default exact)")
+    g.add_argument("--backward", choices=ALL_BACKWARDS, default="exact",
+                   help="gradient of method=eig (default exact; svd-unguarded is the textbook "
+                        "formula without a guard, which NaNs at tied eigenvalues: for failure "
+                        "studies)")
     g.add_argument("--iters", type=positive_int, default=None,
                    help="Newton-Schulz iterations for method=ns (default 5)")
     g.add_argument("--eps", type=finite_float, default=1e-2, help="ZCA whitening eps (default 1e-2)")
@@ -181,8 +195,9 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
                             "number of CPU cores on the CPU, 1 on a GPU)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``orthocond`` argument parser (subcommands train, compare, bench, eval)."""
+def build_parser(compare_preset: str | None = None) -> argparse.ArgumentParser:
+    """The ``orthocond`` argument parser (subcommands train, compare, bench, eval);
+    ``compare_preset`` (a key of :data:`COMPARE_PRESETS`) sets compare's defaults."""
     from .training import DEFAULT_TREATMENTS, ORTHO_KINDS, TREATMENT_PARTS
 
     parser = argparse.ArgumentParser(
@@ -244,6 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default {','.join(DEFAULT_TREATMENTS)})")
     cp.add_argument("--seeds", type=positive_int, default=1,
                     help="seeds per treatment (--seed, --seed+1, ...; default 1)")
+    cp.add_argument("--preset", choices=tuple(COMPARE_PRESETS), default=None,
+                    help="failures: count the runs each eigen-gradient loses to NaN/Inf or "
+                         "divergence -- the unguarded textbook gradient (bwd-svd-unguarded) "
+                         "against exact/svd/taylor/pade and under OLR, NOG+OLR and a hard "
+                         "orthogonal stem; eps 1e-5, lr 0.1, 1 epoch of 2048 images in "
+                         "batches of 32, no augmentation, 8 seeds, --out runs/failures. "
+                         "Options given explicitly override the preset")
+    if compare_preset is not None:
+        preset = dict(COMPARE_PRESETS[compare_preset])
+        if preset.get("treatments") is None:
+            from .training import FAILURE_TREATMENTS
+
+            preset["treatments"] = ",".join(FAILURE_TREATMENTS)
+        cp.set_defaults(**preset)
 
     sub.add_parser(
         "bench", help="benchmark the matrix functions and NOG (forwards to orthocond.bench)",
@@ -444,6 +473,15 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name.replace("+", "_"))
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``orthocond`` arguments (not ``bench``); ``compare --preset P`` takes the
+    preset's values as defaults, so options given explicitly still win."""
+    args = build_parser().parse_args(argv)
+    if args.command == "compare" and args.preset is not None:
+        args = build_parser(compare_preset=args.preset).parse_args(argv)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``orthocond`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -451,8 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import bench
 
         return int(bench.main(argv[1:]) or 0)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command == "train":
             return _cmd_train(args)

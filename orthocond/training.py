@@ -51,6 +51,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import linalg
 from .data import DATASETS, DataSplits, load_dataset
 from .diagnostics import ConditionMonitor, jsonable
 
@@ -105,14 +106,24 @@ PENALTY_KINDS = ("so", "dso", "mc", "srip")
 #: ``orthocond.ortho.srip_schedule(epoch)`` (1e-2 for the first 20 epochs) unless
 #: ``penalty_coef`` is given.
 PENALTY_COEFFICIENT = 1e-2
+#: Treatment parts that pick the meta-layers' eigen-gradient (``bwd-<backward>``).
+BACKWARD_PARTS = tuple(f"bwd-{b}" for b in linalg.ALL_BACKWARDS)
 #: Parts a treatment name may combine with ``+``.
 TREATMENT_PARTS = (
     "vanilla", "nog", "nog-grad", "nog-ns", "nog-ns-grad", "olr", "olr-exact",
-) + ORTHO_KINDS[1:]  # fmt: skip
+) + ORTHO_KINDS[1:] + BACKWARD_PARTS  # fmt: skip
 #: The grid ``orthocond compare`` runs without ``--treatments``.
 DEFAULT_TREATMENTS = (
     "vanilla", "nog", "nog-grad", "olr", "nog+olr", "nog-grad+olr", "hard", "soc",
 )
+
+#: The grid of ``orthocond compare --preset failures``: the eigen-gradients, then the
+#: unguarded textbook gradient alone and under the conditioning treatments.
+FAILURE_TREATMENTS = (
+    "bwd-exact", "bwd-svd", "bwd-taylor", "bwd-pade", "bwd-svd-unguarded",
+    "bwd-svd-unguarded+olr", "bwd-svd-unguarded+nog+olr", "bwd-svd-unguarded+nog-grad+olr",
+    "bwd-svd-unguarded+hard",
+)  # fmt: skip
 
 # Paper lr milestones as fractions of the run (DBN: 100/200/300 of 350 epochs;
 # GCP iSQRT-COV PyTorch re-run: 30/45/60 of 65 epochs).
@@ -138,6 +149,7 @@ class Treatment:
     nog_scale: str = "none"  # "none" | "grad"
     olr: str | None = None  # "paper" | "exact"
     ortho: str = "none"  # one of ORTHO_KINDS
+    backward: str | None = None  # one of linalg.ALL_BACKWARDS; None keeps the config's
 
 
 def parse_treatment(name: str) -> Treatment:
@@ -149,13 +161,17 @@ def parse_treatment(name: str) -> Treatment:
     exact quartic minimiser); ``hard`` = ``orthocond.ortho.orthogonal`` on the Pre-SVD
     layer; ``soc`` = SOC stem; ``so``/``dso``/``mc``/``srip`` = penalty (λ =
     :data:`PENALTY_COEFFICIENT`, SRIP: ``srip_schedule``); ``oni``, ``own``; ``cayley`` =
-    Cayley SGD for the Pre-SVD parameter. At most one NOG, one OLR and one orthogonality
-    part.
+    Cayley SGD for the Pre-SVD parameter; ``bwd-<b>`` = eigen-gradient ``b`` of the
+    meta-layers (``bwd-exact``, ``bwd-svd``, ``bwd-svd-unguarded``, ``bwd-taylor``,
+    ``bwd-pade``; method ``eig``). At most one part of each kind (NOG, OLR, orthogonality,
+    backward); ``vanilla`` combines with a backward part only.
 
     Example::
 
         >>> parse_treatment("nog-grad+olr")
-        Treatment(name='nog-grad+olr', nog='svd', nog_scale='grad', olr='paper', ortho='none')
+        Treatment(name='nog-grad+olr', nog='svd', nog_scale='grad', olr='paper', ortho='none', backward=None)
+        >>> parse_treatment("bwd-svd-unguarded+olr").backward
+        'svd-unguarded'
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"treatment must be a non-empty string, got {name!r}")
@@ -169,7 +185,7 @@ def parse_treatment(name: str) -> Treatment:
                 f"{', '.join(TREATMENT_PARTS)} joined by '+'"
             )
         kind = "nog" if part.startswith("nog") else "olr" if part.startswith("olr") else (
-            "vanilla" if part == "vanilla" else "ortho"
+            "backward" if part.startswith("bwd-") else "vanilla" if part == "vanilla" else "ortho"
         )
         if kind in seen:
             raise ValueError(f"treatment {name!r} has more than one {kind} part")
@@ -179,10 +195,14 @@ def parse_treatment(name: str) -> Treatment:
             t.nog_scale = "grad" if part.endswith("-grad") else "none"
         elif part.startswith("olr"):
             t.olr = "exact" if part == "olr-exact" else "paper"
+        elif kind == "backward":
+            t.backward = part[len("bwd-"):]
         elif part != "vanilla":
             t.ortho = part
-    if "vanilla" in seen and len(seen) > 1:
-        raise ValueError(f"'vanilla' cannot be combined with other parts in {name!r}")
+    if "vanilla" in seen and len(seen - {"backward"}) > 1:
+        raise ValueError(
+            f"'vanilla' combines only with a bwd-* part, not with the other parts in {name!r}"
+        )
     return t
 
 
@@ -262,6 +282,8 @@ class TrainConfig:
         if self.treatment:
             t = parse_treatment(self.treatment)
             self.nog, self.nog_scale, self.olr, self.ortho = t.nog, t.nog_scale, t.olr, t.ortho
+            if t.backward is not None:
+                self.backward = t.backward
         self.validate()
 
     # -- validation ---------------------------------------------------------
@@ -298,7 +320,13 @@ class TrainConfig:
         choice("olr", (None, "paper", "exact"))
         choice("ortho", ORTHO_KINDS)
         choice("method", (None, "eig", "ns", "mpa"))
-        choice("backward", ("exact", "svd", "taylor", "pade"))
+        choice("backward", linalg.ALL_BACKWARDS)
+        method = self.method or _TASK_DEFAULTS[self.task]["method"]
+        if self.backward != "exact" and method != "eig":
+            raise ValueError(
+                f"backward={self.backward!r} is an eigendecomposition gradient and needs "
+                f"method='eig'; method={method!r} has only backward='exact'"
+            )
         for name in ("epochs", "batch_size", "monitor_every", "groups", "landscape_steps"):
             pos_int(name)
         for name in ("limit_train", "limit_test", "width", "reduced_channels", "iters"):
@@ -1389,7 +1417,8 @@ def evaluate_checkpoint(
 def aggregate(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """One row per treatment (in first-seen order) over its seeds: accuracy mean/std of
     the successful runs, κ final (geometric mean over seeds) and max, orthogonality error and
-    weight norm (mean), failure count."""
+    weight norm (mean), failure count and, of those, the runs that hit a NaN/Inf
+    (``nonfinite``; the others diverged or had an eigensolver error)."""
     rows: dict[str, list[RunResult]] = {}
     for r in results:
         rows.setdefault(r.label, []).append(r)
@@ -1405,6 +1434,7 @@ def aggregate(results: Sequence[RunResult]) -> list[dict[str, Any]]:
             "treatment": label,
             "runs": len(runs),
             "failed": len(runs) - len(ok),
+            "nonfinite": sum(1 for r in runs if r.failed and (r.reason or "").startswith("non-finite")),
             "acc_mean": float(np.mean(accs)) if accs else None,
             "acc_std": float(np.std(accs)) if len(accs) > 1 else (0.0 if accs else None),
             "cond_final": _geomean(finals),
@@ -1433,6 +1463,12 @@ def _fmt(v: float | None, spec: str) -> str:
     return format(v, spec)
 
 
+def _failed_cell(row: dict[str, Any]) -> str:
+    cell = f"{row['failed']}/{row['runs']}"
+    nonfinite = row.get("nonfinite", 0)
+    return cell + (f" ({nonfinite} NaN/Inf)" if nonfinite else "")
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of :func:`aggregate` rows."""
     head = (
@@ -1444,7 +1480,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         acc = "—" if r["acc_mean"] is None else f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}"
         lines.append(
             f"| {r['treatment']} | {acc} | {_fmt(r['cond_final'], '.3g')} | {_fmt(r['cond_max'], '.3g')} "
-            f"| {_fmt(r['ortho_err'], '.3g')} | {_fmt(r['weight_norm'], '.3g')} | {r['failed']}/{r['runs']} |"
+            f"| {_fmt(r['ortho_err'], '.3g')} | {_fmt(r['weight_norm'], '.3g')} | {_failed_cell(r)} |"
         )
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,6 +65,24 @@ def test_research_flags_reach_the_config():
     cfg = _config(build_parser().parse_args(["compare"]), compare=True)
     assert (cfg.hybrid_switch_epoch, cfg.landscape_every, cfg.schedule) == (None, 0, "multistep")
     assert (cfg.epochs, cfg.width, cfg.monitor_every) == (4, 16, 2)
+
+
+def test_compare_failures_preset_sets_defaults_that_options_override():
+    from orthocond.cli import _config, parse_args
+    from orthocond.training import FAILURE_TREATMENTS
+
+    args = parse_args(["compare", "--preset", "failures"])
+    cfg = _config(args, compare=True)
+    assert (cfg.eps, cfg.lr, cfg.batch_size, cfg.limit_train, cfg.epochs) == (1e-5, 0.1, 32, 2048, 1)
+    assert cfg.augment is False and args.seeds == 8 and args.out == str(Path("runs") / "failures")
+    assert args.treatments.split(",") == list(FAILURE_TREATMENTS)
+    assert "bwd-exact" in FAILURE_TREATMENTS and "bwd-svd-unguarded" in FAILURE_TREATMENTS
+    args = parse_args(["compare", "--preset", "failures", "--seeds", "2", "--eps", "1e-3",
+                       "--treatments", "bwd-exact"])
+    assert (args.seeds, args.eps, args.treatments) == (2, 1e-3, "bwd-exact")
+    # without the preset nothing changes
+    args = parse_args(["compare"])
+    assert (args.seeds, args.eps, args.batch_size, args.out) == (1, 1e-2, 128, None)
 
 
 def test_python_dash_m_entry_point():

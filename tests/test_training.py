@@ -57,14 +57,30 @@ def tiny_data():
         ("nog+soc+olr", ("svd", "none", "paper", "soc")),
         ("cayley", (None, "none", None, "cayley")),
         (" hard ", (None, "none", None, "hard")),
+        ("bwd-pade", (None, "none", None, "none", "pade")),
+        ("vanilla+bwd-svd", (None, "none", None, "none", "svd")),
+        ("bwd-svd-unguarded+nog-grad+olr", ("svd", "grad", "paper", "none", "svd-unguarded")),
     ],
 )
 def test_parse_treatment(name, expect):
     t = parse_treatment(name)
-    assert (t.nog, t.nog_scale, t.olr, t.ortho) == expect
+    assert (t.nog, t.nog_scale, t.olr, t.ortho, t.backward)[: len(expect)] == expect
+    if len(expect) == 4:
+        assert t.backward is None
 
 
-@pytest.mark.parametrize("name", ["", "nog+nog-grad", "hard+oni", "vanilla+olr", "sgd", "nog++olr"])
+def test_treatment_backward_reaches_the_config_and_model():
+    cfg = TrainConfig(treatment="bwd-svd-unguarded+olr", backward="taylor")
+    assert (cfg.backward, cfg.olr) == ("svd-unguarded", "paper")
+    assert TrainConfig(treatment="olr", backward="taylor").backward == "taylor"
+    # compare's replace() keeps the base's backward for treatments without a bwd part
+    base = TrainConfig(backward="pade")
+    assert base.replace(treatment="nog").backward == "pade"
+    assert base.replace(treatment="bwd-exact").backward == "exact"
+
+
+@pytest.mark.parametrize("name", ["", "nog+nog-grad", "hard+oni", "vanilla+olr", "sgd", "nog++olr",
+                                  "bwd-svd+bwd-exact", "bwd-foo", "vanilla+bwd-svd+olr"])
 def test_parse_treatment_rejects(name):
     with pytest.raises(ValueError):
         parse_treatment(name)
@@ -374,6 +390,11 @@ def test_compare_counts_failures_and_formats(tiny_data, tmp_path):
     assert row["cond_final"] == pytest.approx(100.0) and row["cond_max"] == 1e9
     assert row["failed"] == 1 and row["ortho_err"] == pytest.approx(2.0)
     assert "| a | 60.00 ± 10.00 | 100 | 1e+09 | 2 | — | 1/3 |" in format_table([row])
+    # runs killed by NaN/Inf are counted apart from divergences
+    fake[1] = RunResult("a", 1, {}, failed=True, reason="non-finite grad at step 9")
+    (row,) = aggregate(fake)
+    assert (row["failed"], row["nonfinite"]) == (2, 1)
+    assert format_table([row]).endswith("| 2/3 (1 NaN/Inf) |")
 
 
 def test_compare_overlays_the_landscape_of_every_run(tiny_data, tmp_path):

@@ -30,6 +30,16 @@ Backward (``backward=``):
 
 The diagonal of every variant is the exact ``f'(λi)``; all variants agree with
 ``"exact"`` on well-separated spectra.
+
+One more variant exists to *measure* failures, never to train with (:data:`UNSAFE_BACKWARDS`):
+
+* ``"svd-unguarded"``: the textbook gradient as published layers get it from autograd
+  through ``eigh``, in the dtype of the incoming gradient: ``∂l/∂U = 2 Ḡ U f(Λ)``,
+  ``∂l/∂Λ = diag(Uᵀ Ḡ U) f'(Λ)``, ``∂l/∂A = sym(U [Kᵀ ∘ (Uᵀ ∂l/∂U) + ∂l/∂Λ] Uᵀ)`` with
+  ``K_ij = 1 / (λi - λj)`` and no guard. The two huge terms of a near-tie cancel only in
+  exact arithmetic, and a tie (the floored null eigenvalues of a rank-deficient covariance)
+  gives ``1/0``: the gradient turns Inf/NaN. It breaks the "finite for finite input" rule
+  on purpose; ``orthocond compare --preset failures`` counts the runs it kills.
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ from torch import Tensor
 from ._utils import safe_floor, sym
 
 BACKWARDS = ("exact", "svd", "taylor", "pade")
+UNSAFE_BACKWARDS = ("svd-unguarded",)
+ALL_BACKWARDS = BACKWARDS + UNSAFE_BACKWARDS
 _EPS64 = float(torch.finfo(torch.float64).eps)
 
 
@@ -155,6 +167,18 @@ def _pade_geometric(r: Tensor) -> Tensor:
     return p / (1.0 - r.pow(50))
 
 
+def _textbook_grad(lam: Tensor, U: Tensor, fval: Tensor, power: float, G: Tensor) -> Tensor:
+    """The split two-term eigenvector gradient, unguarded, in ``G.dtype`` (see module doc)."""
+    lam, U, fval = lam.to(G.dtype), U.to(G.dtype), fval.to(G.dtype)
+    Ut = U.transpose(-2, -1)
+    grad_U = (G + G.transpose(-2, -1)) @ (U * fval.unsqueeze(-2))
+    grad_lam = torch.diagonal(Ut @ G @ U, dim1=-2, dim2=-1) * (power * fval / lam)
+    off = ~torch.eye(lam.shape[-1], dtype=torch.bool, device=lam.device)
+    K = torch.where(off, 1.0 / (lam.unsqueeze(-1) - lam.unsqueeze(-2)), 0.0)
+    inner = K.transpose(-2, -1) * (Ut @ grad_U) + torch.diag_embed(grad_lam)
+    return sym(U @ inner @ Ut)
+
+
 class _EigPower(torch.autograd.Function):
     """f(A) = A^power (power = ±1/2) via eigh, with a selectable backward."""
 
@@ -170,6 +194,8 @@ class _EigPower(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         lam, U, fval = ctx.saved_tensors
+        if ctx.backward == "svd-unguarded":
+            return _textbook_grad(lam, U, fval, ctx.power, grad_out), None, None, None
         L = _divided_difference(lam, fval, ctx.power, ctx.backward, ctx.degree)
         G = sym(grad_out.to(torch.float64))
         Ut = U.transpose(-2, -1)

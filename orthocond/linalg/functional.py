@@ -15,7 +15,7 @@ from ._utils import (
     no_autocast,
     sym,
 )
-from .eig import BACKWARDS, eig_power
+from .eig import ALL_BACKWARDS, eig_power
 from .mpa import mpa_root
 from .newton_schulz import newton_schulz
 
@@ -36,7 +36,7 @@ def _matrix_root(
 ) -> Tensor:
     check_matrix(A, "A")
     check_choice(method, "method", METHODS)
-    check_choice(backward, "backward", BACKWARDS)
+    check_choice(backward, "backward", ALL_BACKWARDS)
     check_eps(eps)
     if method != "eig" and backward != "exact":
         raise ValueError(
@@ -79,8 +79,9 @@ def sqrtm(
       at :math:`\max(\lambda_{max} n\,\epsilon, \sqrt{\mathrm{tiny}})` (of the input dtype). ``backward`` picks
       the gradient: ``"exact"`` (Daleckii–Krein, :math:`L_{ij} = 1/(\sqrt{\lambda_i}+\sqrt{\lambda_j})`,
       finite at repeated eigenvalues), ``"svd"`` (textbook, :math:`K_{ij}=1/(\lambda_i-\lambda_j)`
-      guarded), ``"taylor"`` (degree ``taylor_degree``, default 100), ``"pade"`` (SVD-Padé).
-      See :mod:`orthocond.linalg.eig`.
+      guarded), ``"taylor"`` (degree ``taylor_degree``, default 100), ``"pade"`` (SVD-Padé);
+      ``"svd-unguarded"`` is the split textbook formula without a guard, which turns Inf/NaN at
+      tied eigenvalues: for failure studies only. See :mod:`orthocond.linalg.eig`.
     * ``"mpa"``: [5/5] Matrix Padé Approximant after Frobenius normalisation, Lyapunov backward by
       ``iters`` (default 8) coupled Newton–Schulz sign iterations.
 

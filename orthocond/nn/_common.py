@@ -47,14 +47,14 @@ def check_nonneg_float(value: Any, name: str) -> None:
 def check_matrix_function(method: Any, backward: Any, iters: Any) -> None:
     """Validate the (method, backward, iters) triple given to :mod:`orthocond.linalg`.
 
-    ``method`` in ``linalg.METHODS``; ``backward`` in ``linalg.BACKWARDS`` and only
+    ``method`` in ``linalg.METHODS``; ``backward`` in ``linalg.ALL_BACKWARDS`` and only
     ``"exact"`` unless ``method == "eig"`` (the other methods have a single backward);
     ``iters`` is ``None`` (linalg's default) or a positive int.
     """
     if method not in linalg.METHODS:
         raise ValueError(f"method must be one of {linalg.METHODS}, got {method!r}")
-    if backward not in linalg.BACKWARDS:
-        raise ValueError(f"backward must be one of {linalg.BACKWARDS}, got {backward!r}")
+    if backward not in linalg.ALL_BACKWARDS:
+        raise ValueError(f"backward must be one of {linalg.ALL_BACKWARDS}, got {backward!r}")
     if method != "eig" and backward != "exact":
         raise ValueError(
             f"backward={backward!r} selects an eigendecomposition gradient and needs method='eig'; "
