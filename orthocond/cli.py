@@ -10,7 +10,9 @@ norm, failed runs) and writes it with plots to ``runs/compare`` (about 5-6 minut
 on 2 CPU cores). ``orthocond eval --checkpoint RUN`` measures a trained run's clean and
 common-corruption accuracy. Research options of train/compare (off by default): the
 CVPR 2020 lr schedules (``--schedule normal|fast|adjusted``), the hybrid NS→SVD switch
-(``--hybrid-switch-epoch``) and the loss-landscape probe (``--landscape-every``). See
+(``--hybrid-switch-epoch``) and the loss-landscape probe (``--landscape-every``).
+``orthocond compare --preset failures`` counts the runs each eigen-gradient loses to NaN
+(the unguarded textbook gradient against orthocond's, 8 seeds, about 6 minutes). See
 ``orthocond <command> --help``.
 """
 
@@ -34,7 +36,7 @@ COMPARE_DEFAULTS = {"epochs": 4, "width": 16, "monitor_every": 2}
 
 # `orthocond compare --preset NAME`: defaults of the compare options (explicit options win).
 # failures: the paper DBN eps 1e-5 and short noisy runs (64 steps of batch 32), 8 seeds per
-# treatment, where the unguarded textbook eigen-gradient NaNs (~4 minutes on 2 cores).
+# treatment, where the unguarded textbook eigen-gradient NaNs (72 runs, ~6 minutes on 2 cores).
 COMPARE_PRESETS: dict[str, dict[str, Any]] = {
     "failures": {
         "eps": 1e-5, "lr": 0.1, "batch_size": 32, "limit_train": 2048, "epochs": 1,
@@ -420,8 +422,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         f"{landscape}"
     )
     for r in rows:
-        for reason in r["reasons"]:
-            print(f"failed run of {r['treatment']}: {reason}")
+        if r["reasons"]:
+            print(f"failed runs of {r['treatment']} ({len(r['reasons'])}): {'; '.join(r['reasons'])}")
     return 0
 
 
