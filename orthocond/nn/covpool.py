@@ -26,6 +26,7 @@ from ._common import (
     check_matrix_function,
     check_nonneg_float,
     compute_dtype,
+    is_compiling,
     matrix_function_kwargs,
     no_autocast,
 )
@@ -33,10 +34,13 @@ from ._common import (
 __all__ = ["GlobalCovPool", "global_cov_pool", "pooled_covariance", "triu_vectorize"]
 
 
-@functools.lru_cache(maxsize=32)
-def _triu_flat_index(d: int, device: torch.device) -> Tensor:
+def _triu_index(d: int, device: torch.device) -> Tensor:
     rows, cols = torch.triu_indices(d, d, device=device)
     return rows * d + cols
+
+
+# Eager calls reuse the index; a compiled graph builds it itself (dynamo does not honour the cache).
+_triu_index_cached = functools.lru_cache(maxsize=32)(_triu_index)
 
 
 def triu_vectorize(A: Tensor) -> Tensor:
@@ -55,7 +59,8 @@ def triu_vectorize(A: Tensor) -> Tensor:
     if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
         raise ValueError(f"A must have shape (..., d, d), got {tuple(A.shape)}")
     d = A.shape[-1]
-    return A.flatten(-2)[..., _triu_flat_index(d, A.device)]
+    index = _triu_index(d, A.device) if is_compiling() else _triu_index_cached(d, A.device)
+    return A.flatten(-2)[..., index]
 
 
 def pooled_covariance(x: Tensor, eps: float = 0.0) -> Tensor:
