@@ -139,7 +139,8 @@ class GlobalCovPool(nn.Module):
         iters: Newton–Schulz iterations for ``method="ns"`` (default 5; ignored otherwise).
         vectorize: output (B, d(d+1)/2) upper triangle if True, else (B, d, d).
         backward: eigendecomposition gradient for ``method="eig"``: ``"exact"`` (default),
-            ``"svd"``, ``"taylor"`` or ``"pade"`` (SVD-Padé).
+            ``"svd"``, ``"taylor"`` or ``"pade"`` (SVD-Padé); ``"svd-unguarded"`` only to measure
+            failures (it turns NaN at tied eigenvalues).
         eps: added to the covariance diagonal before the root (default 0).
 
     Attributes:

@@ -391,7 +391,8 @@ class DecorrelatedBatchNorm2d(_DecorrelatedBatchNorm):
         track_running_stats: keep running statistics for eval mode.
         method: inverse root of :func:`orthocond.linalg.inv_sqrtm`: ``"eig"`` (default),
             ``"ns"`` or ``"mpa"``.
-        backward: eig gradient, ``"exact"`` (default), ``"svd"``, ``"taylor"``, ``"pade"``.
+        backward: eig gradient, ``"exact"`` (default), ``"svd"``, ``"taylor"``, ``"pade"``;
+            ``"svd-unguarded"`` only to measure failures (it turns NaN at tied eigenvalues).
         iters: iterations for ``"ns"`` (None = linalg's default).
 
     The matrix function runs in float32 (float64 for float64 input) with autocast off; the
