@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 import torch
 from torch import Tensor
@@ -11,23 +11,50 @@ from torch.optim import Optimizer
 
 ParamsArg = Union[Tensor, Iterable[Tensor]]
 
-# Plug-ins (NOG, OLR) currently attached to each optimizer, in registration order.
-# Weak keys: the registry never keeps an optimizer alive.
+# Plug-ins (NOG, OLR) currently attached to each optimizer, in registration order. Weak
+# keys and weak references to the plug-ins: a plug-in holds its optimizer, so a strong value
+# would keep every optimizer (its parameters and state) alive for the whole process. While
+# the optimizer lives, its hook table keeps the plug-in's bound hook, hence the plug-in.
 _ATTACHED: weakref.WeakKeyDictionary[Optimizer, list] = weakref.WeakKeyDictionary()
 
 
-def attach(optimizer: Optimizer, plugin: object) -> None:
-    _ATTACHED.setdefault(optimizer, []).append(plugin)
+def attach(optimizer: Optimizer, plugin: Any) -> None:
+    """Register ``plugin`` on ``optimizer``; refuse a second plug-in of the same kind that
+    shares parameters (two NOGs orthogonalise twice; two OLRs corrupt the scheduled lr)."""
+    ids = {id(p) for p in plugin.params}
+    for other in attached(optimizer):
+        if other._kind == plugin._kind and ids & {id(p) for p in other.params}:
+            name = type(plugin).__name__
+            raise ValueError(
+                f"{name}: another {name} is already registered on this optimizer for some of "
+                f"these parameters; call .remove() on it before creating a new one"
+            )
+    _ATTACHED.setdefault(optimizer, []).append(weakref.ref(plugin))
 
 
 def detach(optimizer: Optimizer, plugin: object) -> None:
-    plugins = _ATTACHED.get(optimizer)
-    if plugins is not None:
-        plugins[:] = [p for p in plugins if p is not plugin]
+    refs = _ATTACHED.get(optimizer)
+    if refs is not None:
+        refs[:] = [r for r in refs if r() is not None and r() is not plugin]
 
 
 def attached(optimizer: Optimizer) -> list:
-    return list(_ATTACHED.get(optimizer, ()))
+    """The live plug-ins registered on ``optimizer``, in registration order."""
+    return [p for p in (r() for r in _ATTACHED.get(optimizer, ())) if p is not None]
+
+
+def closure_of(args: tuple, kwargs: dict) -> Callable[[], Any] | None:
+    """The closure passed to ``optimizer.step`` (``args[0]`` is the optimizer itself)."""
+    if "closure" in kwargs:
+        return kwargs["closure"]
+    return args[1] if len(args) > 1 else None
+
+
+def with_closure(args: tuple, kwargs: dict, closure: Callable[[], Any]) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of ``optimizer.step`` with the closure replaced (a pre-hook's result)."""
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": closure}
+    return (args[0], closure, *args[2:]), kwargs
 
 
 def check_optimizer(optimizer: object, owner: str) -> Optimizer:
@@ -88,6 +115,12 @@ def grad_scale_of(optimizer: Optimizer) -> Tensor | None:
     """
     scale = getattr(optimizer, "grad_scale", None)
     return scale if isinstance(scale, Tensor) else None
+
+
+def found_inf_of(optimizer: Optimizer) -> Tensor | None:
+    """``optimizer.found_inf`` set by GradScaler for a fused optimizer (non-zero: overflow)."""
+    found_inf = getattr(optimizer, "found_inf", None)
+    return found_inf if isinstance(found_inf, Tensor) else None
 
 
 def step_will_be_skipped(optimizer: Optimizer) -> bool:

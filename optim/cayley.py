@@ -74,6 +74,19 @@ class _StiefelOptimizer(Optimizer):
     def _is_stiefel(self, group: dict, p: Tensor) -> bool:
         return bool(group["stiefel"]) and p.ndim >= 2
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """``Optimizer.add_param_group`` that also checks the group's own settings (a bad
+        ``q``, ``s`` or ``momentum`` in a group would otherwise give NaN weights silently)."""
+        super().add_param_group(param_group)
+        try:
+            self._check_group(self.param_groups[-1])
+        except ValueError as exc:
+            self.param_groups.pop()
+            raise ValueError(f"param group {len(self.param_groups)}: {exc}") from None
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
     def _stiefel_matrix(self, p: Tensor, state: dict) -> tuple[Tensor, bool]:
         X, wide = _to_stiefel(p)
         work = torch.float64 if X.dtype == torch.float64 else torch.float32
@@ -93,6 +106,8 @@ class _StiefelOptimizer(Optimizer):
 
     @staticmethod
     def _check_common(lr: object, q: object, s: object, eps: object, polish: object) -> None:
+        if isinstance(lr, Tensor) and lr.ndim == 0 and lr.is_floating_point():
+            lr = float(lr)  # a 0-dim tensor lr, as torch.optim accepts
         _check_float(lr, "lr", 0.0)
         _check_float(q, "q", 0.0, 1.0, open_low=True)
         if not isinstance(s, int) or isinstance(s, bool) or s < 1:
@@ -171,6 +186,11 @@ class CayleySGD(_StiefelOptimizer):
                         stiefel=stiefel, polish=polish)
         super().__init__(params, defaults)
 
+    def _check_group(self, group: dict[str, Any]) -> None:
+        self._check_common(group["lr"], group["q"], group["s"], group["eps"], group["polish"])
+        _check_float(group["momentum"], "momentum", 0.0, 1.0)
+        _check_float(group["weight_decay"], "weight_decay", 0.0)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step (``closure`` re-evaluates the loss, optional)."""
@@ -194,6 +214,9 @@ class CayleySGD(_StiefelOptimizer):
                     M = -G if M is None else beta * M - G
                     X_new, Omega = _cayley_retract(X, M, lr, group["q"], group["s"], group["eps"])
                     X_new = self._polish(X_new, group["polish"])
+                    # FORMULAS §7 step 5 after step 4 (X <- Y_s): the momentum is moved to the
+                    # tangent space at the new point. Li et al.'s Algorithm 1 writes W_k X_k
+                    # with the old X; the two differ by O(alpha) per step.
                     state["momentum_buffer"] = Omega @ X_new
                     _from_stiefel(X_new, wide, p)
                 else:
@@ -260,6 +283,15 @@ class CayleyAdam(_StiefelOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, q=q, s=s,
                         stiefel=stiefel, polish=polish)
         super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        self._check_common(group["lr"], group["q"], group["s"], group["eps"], group["polish"])
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair of floats in [0, 1), got {betas!r}")
+        _check_float(betas[0], "betas[0]", 0.0, 1.0)
+        _check_float(betas[1], "betas[1]", 0.0, 1.0)
+        _check_float(group["weight_decay"], "weight_decay", 0.0)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from orthocond.linalg import polar
+from orthocond.linalg._utils import no_autocast
+from orthocond.linalg.polar import DEFAULT_POLAR_STEPS, _polar_ns, _polar_svd
 
 from ._common import (
     ParamsArg,
@@ -16,10 +17,12 @@ from ._common import (
     attached,
     check_in_optimizer,
     check_optimizer,
+    closure_of,
     collect_params,
     detach,
+    found_inf_of,
     grad_scale_of,
-    step_will_be_skipped,
+    with_closure,
 )
 
 NOG_METHODS = ("svd", "ns")
@@ -57,16 +60,21 @@ def _orthogonalize(
     scale: str,
     steps: int | None,
     factor: Tensor | None = None,
+    skip: Tensor | None = None,
 ) -> Tensor:
     """Batched core: ``G (Tensor[B, m, n])`` -> NOG of every matrix, same dtype.
 
-    Matrices that are all zero or hold a non-finite value come back unchanged. ``factor``
-    (a scalar tensor) multiplies the orthogonalised matrices only (used to put GradScaler's
-    scale back for fused optimizers). No host synchronisation beyond ``polar``'s own checks.
+    Matrices that are all zero or hold a non-finite value come back unchanged, and so does
+    everything when ``skip`` (a scalar tensor, GradScaler's ``found_inf``) is non-zero.
+    ``factor`` (a scalar tensor) multiplies the orthogonalised matrices only (used to put
+    GradScaler's scale back for fused optimizers). No host synchronisation: the polar core
+    is called without ``polar``'s input checks, which the placeholder makes unnecessary.
     """
     work = torch.float64 if G.dtype == torch.float64 else torch.float32
     X = G.to(work)
     finite = torch.isfinite(X).all(dim=(-2, -1))
+    if skip is not None:
+        finite = finite & (skip.to(X.device) == 0)
     # Largest entry: a robust normaliser (polar is scale invariant) that cannot overflow.
     amax = torch.where(finite[:, None, None], X, 0).abs().amax(dim=(-2, -1))
     valid = finite & (amax > 0)
@@ -75,7 +83,8 @@ def _orthogonalize(
     # Invalid matrices become a harmless placeholder so that polar never sees them.
     placeholder = torch.eye(X.shape[-2], X.shape[-1], dtype=work, device=X.device)
     Xn = torch.where(mask, X / safe_amax, placeholder)
-    R = polar(Xn, method=method, steps=steps, rtol=rtol)
+    with no_autocast(Xn.device.type):
+        R = _polar_svd(Xn, rtol) if method == "svd" else _polar_ns(Xn, steps or DEFAULT_POLAR_STEPS)
     if scale == "grad":
         # ||G||_F / ||R||_F, with ||G||_F = amax * ||G / amax||_F (no overflow in the norm).
         ratio = torch.linalg.matrix_norm(Xn) / torch.linalg.matrix_norm(R).clamp_min(
@@ -230,21 +239,32 @@ class NOG:
         self.rtol = rtol
         self.scale = scale
         self.steps = steps
-        self._handle: Any = self.optimizer.register_step_pre_hook(self._hook)
         attach(self.optimizer, self)
+        self._handle: Any = self.optimizer.register_step_pre_hook(self._hook)
 
-    def _hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        if step_will_be_skipped(optimizer):
-            return  # GradScaler overflow on a fused optimizer: the kernel skips the step
-        self.apply_(grad_scale_of(optimizer))
+    def _hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> Any:
+        closure = closure_of(args, kwargs)
+        if closure is None:
+            self.apply_(grad_scale_of(optimizer), found_inf_of(optimizer))
+            return None
+
+        # step(closure): the gradients exist only once the optimizer has called the closure.
+        def closure_then_nog() -> Any:
+            loss = closure()
+            self.apply_(grad_scale_of(optimizer), found_inf_of(optimizer))
+            return loss
+
+        return with_closure(args, kwargs, closure_then_nog)
 
     @torch.no_grad()
-    def apply_(self, grad_scale: Tensor | None = None) -> None:
+    def apply_(self, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
         """Orthogonalise the current gradients in place now (what the hook does each step).
 
         Args:
             grad_scale: loss scale still multiplying the gradients (see the class notes);
                 None when they are unscaled.
+            found_inf: GradScaler's overflow flag for a fused optimizer; non-zero leaves
+                the gradients untouched (checked on the device, without synchronising).
         """
         buckets: dict[tuple, list[Tensor]] = {}
         for p in self.params:
@@ -258,7 +278,7 @@ class NOG:
         factor = grad_scale if self.scale == "none" else None
         for (m, n, _, _), grads in buckets.items():
             G = torch.stack([g.reshape(m, n) for g in grads])
-            R = _orthogonalize(G, self.method, self.rtol, self.scale, self.steps, factor)
+            R = _orthogonalize(G, self.method, self.rtol, self.scale, self.steps, factor, found_inf)
             for g, r in zip(grads, R.unbind(0)):
                 g.copy_(r.reshape(g.shape))
 

@@ -15,10 +15,12 @@ from ._common import (
     attach,
     check_in_optimizer,
     check_optimizer,
+    closure_of,
     collect_params,
     detach,
     grad_scale_of,
     step_will_be_skipped,
+    with_closure,
 )
 
 OLR_MODES = ("paper", "exact")
@@ -185,7 +187,15 @@ class OLR:
     After the step the post-hook writes the scheduled lr back into ``group["lr"]``, so LR
     schedulers (StepLR, MultiStepLR, cosine, chained) keep owning it and checkpoints never
     hold :math:`\eta^*`. If a step raised before the post-hook ran, the next pre-hook
-    restores the scheduled lr first.
+    restores the scheduled lr first (unless ``group["lr"]`` was changed since, e.g. by
+    ``load_state_dict``).
+
+    ``optimizer.step(closure)`` works: the lr is computed after the closure has produced the
+    gradients (and NOG has run on them). ``torch.optim.LBFGS`` reads its lr before calling
+    the closure and is refused. Groups with ``maximize=True`` step along :math:`+g`, which
+    OLR accounts for. :math:`\eta^*` is computed for the plain step :math:`w - \eta g`; with
+    momentum the applied step is the momentum average, so OLR is a per-step lr cap rather
+    than an exact minimiser.
 
     The parameters must form their own param group(s): every group containing one of them
     must contain only them (else ``ValueError``). Several parameters in one group share a
@@ -233,14 +243,20 @@ class OLR:
                     f"shape {tuple(p.shape)}"
                 )
         check_in_optimizer(self.params, self.optimizer, "OLR")
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            raise ValueError(
+                "OLR: torch.optim.LBFGS reads its lr before it evaluates the closure, so no "
+                "step size computed from the gradient can reach it; use OLR with a first-order "
+                "optimizer (SGD, Adam, AdamW, ...)"
+            )
         self.mode = mode
         self._group_indices = self._find_groups()
         self.last_lr: list[float] | None = None
         self.last_eta: list[float] | None = None
-        self._saved: list[tuple[int, Any]] | None = None
+        self._saved: list[tuple[int, Any, float]] | None = None
+        attach(self.optimizer, self)
         self._pre: Any = self.optimizer.register_step_pre_hook(self._before_step)
         self._post: Any = self.optimizer.register_step_post_hook(self._after_step)
-        attach(self.optimizer, self)
 
     def _find_groups(self) -> list[int]:
         ids = {id(p) for p in self.params}
@@ -267,11 +283,11 @@ class OLR:
     def _restore(self) -> None:
         if self._saved is None:
             return
-        for gi, lr in self._saved:
+        for gi, lr, used in self._saved:
             group = self.optimizer.param_groups[gi]
             if isinstance(group["lr"], Tensor):
                 group["lr"].fill_(lr)
-            else:
+            elif group["lr"] == used:  # else someone (load_state_dict) has set it since
                 group["lr"] = lr
         self._saved = None
 
@@ -283,6 +299,8 @@ class OLR:
         if grad_scale is not None:
             inv = 1.0 / float(grad_scale)
             grads = [g.to(torch.float64) * inv for g in grads]
+        if group.get("maximize", False):
+            grads = [-g for g in grads]  # the optimizer steps along +g
         if self.mode == "paper":
             eta = olr_paper(ps, grads)
             use = eta if (math.isfinite(eta) and 0.0 < eta < lr) else lr
@@ -290,9 +308,24 @@ class OLR:
         eta = olr_exact(ps, grads, lr)
         return eta, eta
 
-    @torch.no_grad()
-    def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> Any:
         self._restore()
+        closure = closure_of(args, kwargs)
+        if closure is None:
+            self._set_lr(optimizer)
+            return None
+
+        # step(closure): the gradients exist only once the optimizer has called the closure.
+        def closure_then_olr() -> Any:
+            loss = closure()
+            self._set_lr(optimizer)
+            return loss
+
+        return with_closure(args, kwargs, closure_then_olr)
+
+    @torch.no_grad()
+    def _set_lr(self, optimizer: Optimizer) -> None:
+        self._restore()  # an optimizer may call the closure more than once per step
         if step_will_be_skipped(optimizer):
             # GradScaler found an overflow and the fused kernel will skip this step: leave
             # the lr and the last report alone (a non-fused step is never even called).
@@ -304,7 +337,7 @@ class OLR:
             sched = group["lr"]
             sched_value = sched.clone() if isinstance(sched, Tensor) else sched
             eta, lr = self._candidate(group, float(sched), grad_scale)
-            saved.append((gi, sched_value))
+            saved.append((gi, sched_value, lr))
             raw.append(eta)
             used.append(lr)
             if isinstance(sched, Tensor):

@@ -549,6 +549,15 @@ def test_olr_remove_state_dict_and_failed_step():
 
     with pytest.raises(RuntimeError, match="closure failed"):
         opt.step(boom)
+    assert opt.param_groups[0]["lr"] == 1.0  # a closure that fails: OLR never set eta*
+
+    def boom_hook(optimizer, args, kwargs):
+        raise RuntimeError("hook failed")
+
+    handle = opt.register_step_pre_hook(boom_hook)  # runs after OLR's pre-hook
+    with pytest.raises(RuntimeError, match="hook failed"):
+        opt.step()
+    handle.remove()
     assert opt.param_groups[0]["lr"] != 1.0  # eta* still in place: the step never finished
     opt.step()
     assert opt.param_groups[0]["lr"] == 1.0
@@ -591,3 +600,155 @@ def test_olr_bad_input():
     with pytest.raises(TypeError, match="Optimizer"):
         optim.OLR(None, [p])
     optim.OLR(opt, [bias])  # paper mode accepts any shape
+
+
+# --------------------------------------------------------------------------- integration
+
+
+def _quadratic(seed: int = 0) -> tuple[torch.nn.Parameter, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    W = torch.nn.Parameter(torch.randn(6, 10, generator=g, dtype=torch.float64))
+    return W, torch.randn(32, 10, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("as_kwarg", [False, True])
+def test_nog_and_olr_act_on_the_gradient_a_closure_computes(as_kwarg):
+    W, X = _quadratic()
+    opt = torch.optim.SGD([W], lr=1.0)
+    optim.NOG(opt, [W])
+    olr = optim.OLR(opt, [W])
+
+    def closure():
+        opt.zero_grad()
+        loss = (X @ W.T).square().mean()
+        loss.backward()
+        return loss
+
+    w0 = W.detach().clone()
+    loss = opt.step(closure=closure) if as_kwarg else opt.step(closure)
+    assert torch.is_tensor(loss) and loss.item() > 0
+    (eta,), (lr,) = olr.last_eta, olr.last_lr
+    assert np.isfinite(eta) and 0 < lr <= 1.0
+    # the applied step is lr * U V^T of the closure's gradient: singular values all lr
+    step = (w0 - W.detach()) / lr
+    np.testing.assert_allclose(torch.linalg.svdvals(step).numpy(), np.ones(6), atol=1e-10)
+    assert opt.param_groups[0]["lr"] == 1.0  # scheduled lr restored
+
+
+def test_nog_inside_lbfgs_closure_and_olr_refuses_lbfgs():
+    W, X = _quadratic(1)
+    opt = torch.optim.LBFGS([W], lr=0.5, max_iter=3)
+    optim.NOG(opt, [W])
+    seen = []
+
+    def closure():
+        opt.zero_grad()
+        loss = (X @ W.T).square().mean()
+        loss.backward()
+        return loss
+
+    def spy_closure():
+        loss = closure()
+        seen.append(None)
+        return loss
+
+    opt.step(spy_closure)
+    # every gradient LBFGS evaluated went through NOG: the last one is orthogonal
+    np.testing.assert_allclose(torch.linalg.svdvals(W.grad).numpy(), np.ones(6), atol=1e-10)
+    assert len(seen) >= 2
+    with pytest.raises(ValueError, match="LBFGS reads its lr before"):
+        optim.OLR(opt, [W])
+
+
+def test_plugins_do_not_keep_the_optimizer_alive():
+    import gc
+    import weakref
+
+    W, _ = _quadratic()
+    opt = torch.optim.SGD([{"params": [W]}], lr=0.1)
+    optim.NOG(opt, [W])
+    optim.OLR(opt, [W])
+    ref = weakref.ref(opt)
+    del opt
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_second_nog_or_olr_on_the_same_parameters_is_refused():
+    W, _ = _quadratic()
+    opt = torch.optim.SGD([{"params": [W]}], lr=0.1)
+    nog = optim.NOG(opt, [W])
+    with pytest.raises(ValueError, match="another NOG is already registered .* call .remove"):
+        optim.NOG(opt, [W])
+    olr = optim.OLR(opt, [W])
+    with pytest.raises(ValueError, match="another OLR is already registered .* call .remove"):
+        optim.OLR(opt, [W])
+    assert len(opt._optimizer_step_pre_hooks) == 2  # the refused ones registered nothing
+    olr.remove()
+    nog.remove()
+    optim.NOG(opt, [W])  # after .remove() a new one is fine
+    optim.OLR(opt, [W])
+
+
+def test_olr_leaves_an_lr_loaded_after_a_failed_step_alone():
+    W, X = _quadratic()
+    opt = torch.optim.SGD([{"params": [W]}], lr=1.0)
+    olr = optim.OLR(opt, [W])
+    ckpt = {**opt.state_dict(), "param_groups": [{**opt.state_dict()["param_groups"][0], "lr": 0.01}]}
+
+    def failing():
+        opt.zero_grad()
+        (X @ W.T).square().mean().backward()
+        raise RuntimeError("out of memory (simulated)")
+
+    with pytest.raises(RuntimeError):
+        opt.step(failing)
+    opt.load_state_dict(ckpt)
+    opt.zero_grad()
+    (X @ W.T).square().mean().backward()
+    opt.step()
+    assert opt.param_groups[0]["lr"] == 0.01
+    assert olr.last_lr[0] <= 0.01
+
+
+def test_olr_follows_the_direction_of_a_maximizing_optimizer():
+    W, X = _quadratic(2)
+    G = torch.randn_like(W)
+    etas = []
+    for maximize, grad in ((False, G), (True, -G)):  # the same update w - eta G
+        opt = torch.optim.SGD([{"params": [W]}], lr=10.0, maximize=maximize)
+        olr = optim.OLR(opt, [W], mode="exact")
+        W.grad = grad.clone()
+        olr._set_lr(opt)
+        etas.append(olr.last_eta[0])
+        olr._restore()
+        olr.remove()
+    assert etas[0] == pytest.approx(etas[1], rel=1e-12)
+
+
+def test_nog_ns_does_not_synchronise_with_the_device():
+    from torch.overrides import TorchFunctionMode
+
+    class CountSyncs(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.hits: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in ("__bool__", "item", "tolist", "__float__", "__int__"):
+                self.hits.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    p = torch.nn.Parameter(torch.randn(64, 3, 3, 3))
+    q = torch.nn.Parameter(torch.randn(128, 64))
+    opt = torch.optim.SGD([p, q], lr=0.1, momentum=0.9)
+    nog = optim.NOG(opt, [p, q], method="ns")
+    p.grad, q.grad = torch.randn_like(p), torch.randn_like(q)
+    opt.found_inf = torch.zeros(())  # as GradScaler sets it for a fused optimizer
+    with CountSyncs() as mode:
+        nog.apply_(None, opt.found_inf)
+    assert mode.hits == []
+    # an overflow flag on the device leaves every gradient untouched
+    before = q.grad.clone()
+    nog.apply_(None, torch.ones(()))
+    assert torch.equal(q.grad, before)

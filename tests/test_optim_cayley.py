@@ -196,3 +196,32 @@ def test_cayley_polish_is_what_keeps_s2_orthogonal(single_thread):
         errors[polish] = orthogonality_error(W).item()
     assert errors[0] > 1e-4  # the paper's s = 2 iteration alone drifts off the manifold
     assert errors[2] < 1e-5
+
+
+@pytest.mark.parametrize(
+    "cls, bad",
+    [
+        (optim.CayleySGD, {"q": 3.0}),
+        (optim.CayleySGD, {"s": 0}),
+        (optim.CayleySGD, {"momentum": 1.5}),
+        (optim.CayleyAdam, {"betas": (0.9, 1.2)}),
+        (optim.CayleyAdam, {"polish": -1}),
+    ],
+)
+def test_group_settings_are_checked_like_the_defaults(cls, bad):
+    W = torch.nn.Parameter(torch.randn(4, 8))
+    V = torch.nn.Parameter(torch.randn(4, 8))
+    with pytest.raises(ValueError, match=f"param group 0: {next(iter(bad))}"):
+        cls([{"params": [W], **bad}], lr=0.1)
+    opt = cls([W], lr=0.1)
+    with pytest.raises(ValueError, match=f"param group 1: {next(iter(bad))}"):
+        opt.add_param_group({"params": [V], **bad})
+    assert len(opt.param_groups) == 1
+
+
+def test_a_tensor_lr_is_accepted():
+    W = torch.nn.Parameter(torch.randn(4, 8))
+    opt = optim.CayleySGD([W], lr=torch.tensor(0.1))
+    W.grad = torch.randn_like(W)
+    opt.step()
+    assert torch.allclose(W @ W.T, torch.eye(4), atol=1e-5)
