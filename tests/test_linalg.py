@@ -8,6 +8,7 @@ import scipy.linalg
 import torch
 from conftest import spd
 
+from orthocond import linalg
 from orthocond.linalg import (
     BACKWARDS,
     METHODS,
@@ -419,3 +420,34 @@ def test_mpa_survives_thread_count_changes():
     A = spd(16, kappa=10.0, batch=(4,), dtype=torch.float32)
     assert rel(inv_sqrtm(A, "mpa"), eig_reference(A, -0.5)) < 1.5e-2  # FORMULAS §3: 6.0e-3
     assert rel(sqrtm(A, "mpa"), eig_reference(A, 0.5)) < 5e-3  # 2.1e-3
+
+
+def test_value_checks_can_be_turned_off_for_sync_free_gpu_loops():
+    A = torch.eye(3).clone()
+    A[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sqrtm(A, "ns")
+    linalg.set_value_checks(False)
+    try:
+        assert torch.isnan(sqrtm(A, "ns")).any()  # NaN in, NaN out, no read-back
+        C = spd(6, 10.0, seed=3)
+        for method in ("ns", "eig", "mpa"):
+            torch.testing.assert_close(inv_sqrtm(C, method), linalg.inv_sqrtm(C, method))
+        with pytest.raises(TypeError, match="enabled must be a bool"):
+            linalg.set_value_checks(0)
+    finally:
+        linalg.set_value_checks(True)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sqrtm(A, "ns")
+
+
+def test_eig_and_mpa_refuse_double_backward_instead_of_answering_wrongly():
+    C = spd(4, 10.0, seed=4, dtype=torch.float64).requires_grad_()
+    for method in ("eig", "mpa"):
+        (g,) = torch.autograd.grad(sqrtm(C, method).square().sum(), C, create_graph=True)
+        with pytest.raises(RuntimeError):
+            torch.autograd.grad((g * g).sum(), C)
+    # ns is plain autograd: twice differentiable
+    (g,) = torch.autograd.grad(sqrtm(C, "ns").square().sum(), C, create_graph=True)
+    (h,) = torch.autograd.grad((g * g).sum(), C)
+    assert torch.isfinite(h).all()

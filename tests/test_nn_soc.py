@@ -184,3 +184,17 @@ def test_autocast_bound_in_float32():
     assert L.dtype == torch.float32 and torch.equal(L, ref)
     assert torch.isfinite(y).all()
     assert abs(y.float().norm() / x.norm() - 1) < 2e-2  # bfloat16 convolutions
+
+
+def test_layer_used_twice_before_backward_and_under_checkpoint():
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    soc = SkewOrthogonalConv2d(4, 4, 3)
+    x = torch.randn(2, 4, 8, 8)
+    soc(soc(x)).sum().backward()  # weight sharing: two training forwards, one backward
+    assert soc.weight.grad is not None and torch.isfinite(soc.weight.grad).all()
+    soc.zero_grad()
+    y = checkpoint(soc, x, use_reentrant=False)
+    y.sum().backward()
+    assert torch.isfinite(soc.weight.grad).all()

@@ -338,3 +338,44 @@ def test_eval_cache_follows_in_place_changes_of_running_stats_and_settings():
                                + dbn.bias.view(1, -1, 1, 1), rtol=1e-3, atol=1e-3)
     dbn.method, dbn.iters = "ns", 1  # a coarser root must show up at once
     assert (dbn(x) - first).abs().max() > 1e-3
+
+
+def test_eval_cache_never_serves_a_swapped_buffer():
+    from torch.func import functional_call
+
+    m = DecorrelatedBatchNorm2d(8).eval()
+    x = torch.randn(4, 8, 4, 4)
+    mean = torch.zeros(8)
+    for k in range(1, 21):  # a fresh Σ = k·I each call, often at the freed address
+        cov = torch.diag_embed(torch.full((1, 8), float(k)))
+        y = functional_call(m, {"running_cov": cov, "running_mean": mean}, (x,))
+        torch.testing.assert_close(y, x / (k + 1e-5) ** 0.5, atol=1e-5, rtol=1e-5)
+        del cov, y
+    # plain assignment of a new buffer tensor too
+    m.running_cov = torch.eye(8).unsqueeze(0) * 4.0
+    torch.testing.assert_close(m(x), x / (4 + 1e-5) ** 0.5, atol=1e-5, rtol=1e-5)
+
+
+def test_eval_under_inference_mode_and_then_with_gradients():
+    m = DecorrelatedBatchNorm2d(8)
+    for _ in range(3):
+        m(torch.randn(16, 8, 4, 4))
+    m.eval()
+    x = torch.randn(2, 8, 4, 4)
+    with torch.inference_mode():
+        y_inf = m(x)
+    xg = x.clone().requires_grad_()
+    y = m(xg)
+    y.sum().backward()
+    assert xg.grad is not None and torch.allclose(y.detach(), y_inf)
+    with torch.inference_mode():  # built and used entirely under inference mode
+        m2 = DecorrelatedBatchNorm2d(8).eval()
+        assert torch.allclose(m2(x), x / (1 + 1e-5) ** 0.5, atol=1e-6)
+
+
+def test_channels_last_input_gives_channels_last_output():
+    m = DecorrelatedBatchNorm2d(8, groups=2)
+    x = torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    y = m(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, m(x.contiguous()))

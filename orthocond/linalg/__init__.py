@@ -4,6 +4,7 @@ All functions are batched over leading dims ``(..., n, n)``, accept float32 and 
 (half types compute in float32), return the input dtype and never loop over the batch.
 """
 
+from ._utils import set_value_checks
 from .eig import ALL_BACKWARDS, BACKWARDS, UNSAFE_BACKWARDS, set_eigh_streams
 from .functional import METHODS, cond, covariance, inv_sqrtm, sqrtm
 from .mpa import lyapunov_sign
@@ -22,5 +23,6 @@ __all__ = [
     "polar",
     "polar_express_coefficients",
     "set_eigh_streams",
+    "set_value_checks",
     "sqrtm",
 ]

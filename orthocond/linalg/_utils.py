@@ -17,11 +17,36 @@ def is_compiling() -> bool:
     return bool(compiler is not None and compiler.is_compiling())
 
 
+_VALUE_CHECKS = {"enabled": True}
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Turn the NaN/Inf check of matrix inputs on (default) or off.
+
+    The check (``ValueError`` for a non-finite input) reads a value back from the device:
+    one host synchronisation per meta-layer call. A GPU training loop that wants none (or
+    captures CUDA graphs) can turn it off; the layers then return NaN for NaN input, as
+    PyTorch's own layers do. It is always skipped while ``torch.compile`` traces and while a
+    CUDA graph is being captured. Shape, dtype and argument checks stay on.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    _VALUE_CHECKS["enabled"] = enabled
+
+
+def value_checks_enabled() -> bool:
+    """Whether :func:`check_matrix` reads values back now (see :func:`set_value_checks`)."""
+    if not _VALUE_CHECKS["enabled"] or is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
 def check_matrix(A: Tensor, name: str = "A", *, square: bool = True, finite: bool = True) -> None:
     """Raise ``TypeError``/``ValueError`` unless ``A`` is a floating (batch of) matrix.
 
     The finiteness check synchronises with the device; it is skipped while
-    ``torch.compile`` traces, where data-dependent control flow would break the graph.
+    ``torch.compile`` traces, where data-dependent control flow would break the graph,
+    during CUDA graph capture and after ``set_value_checks(False)``.
     """
     if not isinstance(A, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
@@ -37,7 +62,7 @@ def check_matrix(A: Tensor, name: str = "A", *, square: bool = True, finite: boo
         raise ValueError(f"{name} must be square in its last two dims, got shape {tuple(A.shape)}")
     if A.shape[-1] == 0 or A.shape[-2] == 0:
         raise ValueError(f"{name} must have non-empty matrix dims, got shape {tuple(A.shape)}")
-    if finite and not is_compiling() and not bool(torch.isfinite(A).all()):
+    if finite and value_checks_enabled() and not bool(torch.isfinite(A).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
 
 

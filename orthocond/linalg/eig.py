@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ._utils import safe_floor, sym
 
@@ -90,7 +91,9 @@ def _eigh_on_streams(flat: Tensor, count: int, shape: torch.Size) -> tuple[Tenso
     parts = flat.chunk(count)
     device = flat.device
     key = (device.index or 0, len(parts))
-    streams = _STREAM_POOL.setdefault(key, [torch.cuda.Stream(device) for _ in parts])
+    if key not in _STREAM_POOL:
+        _STREAM_POOL[key] = [torch.cuda.Stream(device) for _ in parts]
+    streams = _STREAM_POOL[key]
     main = torch.cuda.current_stream(device)
     results: list = [None] * len(parts)
 
@@ -192,6 +195,7 @@ class _EigPower(torch.autograd.Function):
         return out.to(A.dtype)
 
     @staticmethod
+    @once_differentiable  # the formula is not differentiable again: fail, never answer wrongly
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         lam, U, fval = ctx.saved_tensors
         if ctx.backward == "svd-unguarded":

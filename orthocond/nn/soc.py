@@ -74,7 +74,9 @@ class SkewOrthogonalConv2d(nn.Module):
     power iteration, warm-started from the buffer ``power_vectors`` (50 iterations at
     construction and every 200 training forwards, 1 per other training forward, none in eval).
     The training forwards are counted in the buffer ``num_train_forwards`` (in the state_dict,
-    so a resumed run refreshes on the same steps).
+    so a resumed run refreshes on the same steps). Every training forward counts, so under
+    ``torch.utils.checkpoint`` (which runs the forward again in backward) a step advances the
+    power iteration twice, and the recomputed forward divides by a σ̂ one power step newer.
 
     Args:
         in_channels, out_channels: channels of the (N, C_in, H, W) input and of the output.
@@ -194,6 +196,10 @@ class SkewOrthogonalConv2d(nn.Module):
         if S is None:
             S = self.skew_symmetric_part()
         vectors = self.power_vectors.split(self._vector_sizes)
+        if self.training:
+            # autograd must not save views of a buffer the next training forward overwrites
+            # (a layer used twice before backward; torch.utils.checkpoint), as spectral_norm
+            vectors = [v.clone() for v in vectors]
         norms = torch.stack(
             [
                 torch.linalg.vector_norm(M @ v.to(M.dtype))

@@ -253,7 +253,7 @@ class _DecorrelatedBatchNorm(nn.Module):
             self.register_buffer("num_batches_tracked", None)
         self.capture_covariance = False
         self.captured_covariance: Tensor | None = None
-        self._whitening_cache: tuple[tuple, Tensor] | None = None
+        self._whitening_cache: tuple[Tensor, tuple, Tensor] | None = None
         self.reset_parameters()
 
     # -- state ---------------------------------------------------------------------------
@@ -315,29 +315,35 @@ class _DecorrelatedBatchNorm(nn.Module):
         return zca_whitening_matrix(cov, 0.0, self.method, backward=self.backward, iters=self.iters)
 
     def _cache_key(self, dtype: torch.dtype) -> tuple:
-        # _version moves on every in-place write to the buffer (optimizer-free updates,
-        # copy_, load_state_dict), so a stale matrix can never be served.
-        cov = self.running_cov
-        return (self.method, self.backward, self.iters, self.eps, dtype, cov.device,
-                cov.data_ptr(), cov._version)
+        # _version moves on every in-place write to the buffer (momentum updates, copy_,
+        # load_state_dict); the buffer itself is compared by identity (see _cached_whitening).
+        return (self.method, self.backward, self.iters, self.eps, dtype,
+                self.running_cov._version)
 
     def _cached_whitening(self, dtype: torch.dtype) -> Tensor:
         """Eval-mode (Σ_run + εI)^{-1/2}, recomputed only when its inputs change.
 
-        While ``torch.compile`` traces, the cache is bypassed (its key compares data pointers
-        and version counters, which Dynamo cannot trace): the matrix is part of the graph.
+        The cache holds the buffer tensor it was computed from and is used only for that very
+        tensor (``is``), so a buffer swapped in by ``torch.func.functional_call`` or an
+        assignment never meets a stale matrix. It is bypassed while ``torch.compile`` traces
+        (the matrix is part of the graph) and for inference tensors (no version counter);
+        a matrix computed under ``torch.inference_mode`` is not stored, since it could not
+        be used outside that mode.
         """
-        if is_compiling():
+        cov = self.running_cov
+        if is_compiling() or cov.is_inference():
             with torch.no_grad():
-                return self._whitening(self.running_cov.to(dtype))
+                return self._whitening(cov.to(dtype))
         key = self._cache_key(dtype)
         cached = self._whitening_cache
-        if self.capture_covariance or cached is None or cached[0] != key:
+        if (self.capture_covariance or cached is None or cached[0] is not cov
+                or cached[1] != key):
             with torch.no_grad():
-                W = self._whitening(self.running_cov.to(dtype))
-            self._whitening_cache = (key, W)
+                W = self._whitening(cov.to(dtype))
+            if not torch.is_inference_mode_enabled():
+                self._whitening_cache = (cov, key, W)
             return W
-        return cached[1]
+        return cached[2]
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -353,8 +359,10 @@ class _DecorrelatedBatchNorm(nn.Module):
             else:
                 centred = xg - self.running_mean.to(xg.dtype).reshape(groups, c, 1)
                 W = self._cached_whitening(xg.dtype)
-            y = _affine(W @ centred, self.weight, self.bias)
-            return _from_groups(y, x.shape).to(x.dtype)
+            y = _from_groups(_affine(W @ centred, self.weight, self.bias), x.shape).to(x.dtype)
+        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous(memory_format=torch.channels_last)  # keep the layout, as BatchNorm2d
+        return y
 
     def extra_repr(self) -> str:
         return (
@@ -374,7 +382,9 @@ class DecorrelatedBatchNorm2d(_DecorrelatedBatchNorm):
     Running statistics (``track_running_stats=True``): ``running_mean`` (C,) and
     ``running_cov`` (G, c, c) (the biased batch covariance, ε excluded) are updated as
     ``run ← (1 - m)·run + m·batch`` with ``m = momentum``, or the cumulative average
-    ``m = 1/num_batches_tracked`` when ``momentum=None``, exactly as ``nn.BatchNorm2d``.
+    ``m = 1/num_batches_tracked`` when ``momentum=None``, as ``nn.BatchNorm2d`` does (which,
+    unlike this layer, stores the unbiased variance: with tiny batches of M values per
+    channel, eval outputs here are larger by about sqrt(M/(M-1)) than BatchNorm's).
     Eval mode uses ``(running_cov + εI)^{-1/2}`` around ``running_mean`` (FORMULAS §4
     option B: average covariances, not whitening matrices), so a sample's output does not
     depend on the rest of the batch. That whitening matrix is cached and recomputed after
