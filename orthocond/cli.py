@@ -126,7 +126,9 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
                         "studies)")
     g.add_argument("--iters", type=positive_int, default=None,
                    help="Newton-Schulz iterations for method=ns (default 5)")
-    g.add_argument("--eps", type=finite_float, default=1e-2, help="ZCA whitening eps (default 1e-2)")
+    g.add_argument("--eps", type=finite_float, default=None,
+                   help="eps added to the covariance before the meta-layer (default 1e-2 for the "
+                        "dbn ZCA whitening, 0 for the gcp head as in iSQRT-COV)")
     g.add_argument("--groups", type=positive_int, default=1, help="ZCA channel groups (default 1)")
     g.add_argument("--reduced-channels", type=positive_int, default=None,
                    help="GCP covariance size d (default min(256, 8*width))")
@@ -182,7 +184,7 @@ def _add_common(p: argparse.ArgumentParser, *, compare: bool) -> None:
                    help="step sizes of each landscape measurement, evenly spaced in "
                         "[0.1, 75] (default 50, as in the paper)")
     r.add_argument("--out", default=None,
-                   help="output folder (default runs/compare or runs/<treatment>-s<seed>)")
+                   help="output folder (default runs/compare, or runs/<task>-<arch>-<dataset>-<treatment>-s<seed> for train)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
     r.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     r.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
@@ -236,6 +238,9 @@ def build_parser(compare_preset: str | None = None) -> argparse.ArgumentParser:
                    help="a compare-style name such as nog-grad+olr (overrides --nog/--olr/--ortho)")
     t.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt (same settings; --epochs may grow)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that already holds a checkpoint (default: "
+                        "refuse, so that no run is lost by accident)")
     d = tr.add_argument_group("distributed (torchrun --nproc_per_node=N -m orthocond train ...)")
     d.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="under torchrun: synchronise the decorrelated-BN statistics over all "
@@ -370,14 +375,24 @@ def _print_summary(result: Any, out: Path) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import distributed_env, train
+    from .training import CHECKPOINT_NAME, distributed_env, train
 
     cfg = _config(args, compare=False)
+    ineffective = cfg.ineffective_settings()
+    if ineffective:
+        raise ValueError("options that would change nothing in this run: " + "; ".join(ineffective))
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else Path("runs") / f"{_slug(cfg.label)}-s{cfg.seed}"
+    out = Path(args.out) if args.out else Path("runs") / _slug(
+        f"{cfg.task}-{cfg.arch}-{cfg.dataset}-{cfg.label}-s{cfg.seed}"
+    )
+    if (out / CHECKPOINT_NAME).exists() and not (args.resume or args.overwrite):
+        raise ValueError(
+            f"{out / CHECKPOINT_NAME} already exists; pass --resume to continue that run, "
+            "--overwrite to start afresh there, or choose another --out"
+        )
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     env = distributed_env()  # torchrun: rank 0 prints, the others stay silent
     result = train(cfg, out=out, resume=args.resume, progress=not args.quiet, log=log,
@@ -403,6 +418,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     for t in treatments:
         parse_treatment(t)  # fail before starting any run
+    grid = [cfg.replace(treatment=t) for t in treatments]
+    never = set.intersection(*(set(c.ineffective_settings()) for c in grid))
+    if never:
+        raise ValueError(
+            "options that would change nothing in any of these treatments: " + "; ".join(sorted(never))
+        )
     runs = len(treatments) * args.seeds
     on_cpu = resolve_device(cfg.device).type == "cpu"
     jobs = args.jobs or (min(_cpu_count(), runs) if on_cpu else 1)

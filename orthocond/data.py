@@ -385,7 +385,9 @@ class LoaderBatches:
             num_workers=num_workers,
             generator=self.generator,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=num_workers > 0,
+            # fresh workers each epoch: their seeds come from the checkpointed generator,
+            # so a resumed run augments exactly as an uninterrupted one
+            persistent_workers=False,
         )
 
     def __len__(self) -> int:
@@ -677,6 +679,23 @@ def load_cifar(
     )
 
 
+def _use_train_classes(val: Any, class_to_idx: dict[str, int], root: Path) -> None:
+    """Label ``val`` with train's class indices (each ImageFolder numbers its own folders, so
+    a val/ without some class would shift every later label); refuse unknown val classes."""
+    extra = sorted(set(val.classes) - set(class_to_idx))
+    if extra:
+        raise ValueError(
+            f"{str(root / 'val')!r} has class folders that {str(root / 'train')!r} lacks: "
+            f"{', '.join(extra)}; the model can only predict the training classes"
+        )
+    remap = [class_to_idx[c] for c in val.classes]
+    val.samples = [(path, remap[t]) for path, t in val.samples]
+    val.imgs = val.samples
+    val.targets = [t for _, t in val.samples]
+    val.classes = sorted(class_to_idx, key=class_to_idx.__getitem__)
+    val.class_to_idx = dict(class_to_idx)
+
+
 def load_imagefolder(
     data_dir: Union[str, os.PathLike],
     *,
@@ -713,6 +732,7 @@ def load_imagefolder(
     )
     tr = torchvision.datasets.ImageFolder(str(root / "train"), transform=train_tf)
     te = torchvision.datasets.ImageFolder(str(root / "val"), transform=test_tf)
+    _use_train_classes(te, tr.class_to_idx, root)
     trd: Any = tr
     ted: Any = te
     if limit_train is not None:

@@ -129,8 +129,8 @@ FAILURE_TREATMENTS = (
 # GCP iSQRT-COV PyTorch re-run: 30/45/60 of 65 epochs).
 _MILESTONE_FRACTIONS = {"dbn": (100 / 350, 200 / 350, 300 / 350), "gcp": (30 / 65, 45 / 65, 60 / 65)}
 _TASK_DEFAULTS = {
-    "dbn": {"lr": 0.1, "weight_decay": 5e-4, "method": "eig"},
-    "gcp": {"lr": 0.1, "weight_decay": 1e-4, "method": "ns"},
+    "dbn": {"lr": 0.1, "weight_decay": 5e-4, "method": "eig", "eps": 1e-2},
+    "gcp": {"lr": 0.1, "weight_decay": 1e-4, "method": "ns", "eps": 0.0},
 }
 _CKPT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -260,7 +260,7 @@ class TrainConfig:
     method: str | None = None
     backward: str = "exact"
     iters: int | None = None
-    eps: float = 1e-2
+    eps: float | None = None
     groups: int = 1
     width: int | None = None
     reduced_channels: int | None = None
@@ -339,7 +339,7 @@ class TrainConfig:
         nonneg("weight_decay")
         nonneg("penalty_coef")
         nonneg("nog_rtol")
-        nonneg("eps", allow_none=False)
+        nonneg("eps")
         if not isinstance(self.divergence_loss, (int, float)) or not self.divergence_loss > 0:
             raise ValueError(f"divergence_loss must be > 0 (inf disables), got {self.divergence_loss!r}")
         nonneg("gamma", allow_none=False, positive=True)
@@ -437,7 +437,33 @@ class TrainConfig:
             parts.append("olr" if self.olr == "paper" else "olr-exact")
         if self.ortho != "none":
             parts.append(self.ortho)
+        if self.backward != "exact":
+            parts.append(f"bwd-{self.backward}")
         return "+".join(parts) or "vanilla"
+
+    def ineffective_settings(self) -> list[str]:
+        """Settings that differ from their defaults but change nothing in this run (the CLI
+        refuses them rather than record a setting that was never applied)."""
+        out = []
+        if self.nog_scale != "none" and self.nog is None:
+            out.append(f"nog_scale={self.nog_scale!r} needs NOG (--nog)")
+        if self.nog_rtol is not None and self.nog != "svd":
+            out.append("nog_rtol needs NOG with method svd (--nog svd)")
+        if self.penalty_coef is not None and self.ortho not in PENALTY_KINDS:
+            out.append(f"penalty_coef needs a penalty ortho ({', '.join(PENALTY_KINDS)})")
+        if self.milestones is not None and self.schedule not in ("multistep", "step"):
+            out.append(f"milestones apply to the multistep/step schedules, not {self.schedule!r}")
+        if self.groups != 1 and self.task != "dbn":
+            out.append("groups (ZCA channel groups) applies to task dbn only")
+        if self.reduced_channels is not None and self.task != "gcp":
+            out.append("reduced_channels applies to task gcp only")
+        if self.iters is not None and self.resolved()["method"] == "eig":
+            out.append("iters applies to method ns/mpa, not eig")
+        if self.hybrid_backward != "pade" and self.hybrid_switch_epoch is None:
+            out.append("hybrid_backward needs hybrid_switch_epoch (--hybrid-switch-epoch)")
+        if self.landscape_steps != 50 and not self.landscape_every:
+            out.append("landscape_steps needs landscape_every > 0 (--landscape-every)")
+        return out
 
     def resolved(self, dataset: str | None = None) -> dict[str, Any]:
         """Task defaults filled in (what the run actually uses)."""
@@ -450,6 +476,7 @@ class TrainConfig:
             "method": self.method or d["method"],
             "width": width,
             "reduced_channels": self.reduced_channels or min(256, 8 * width),
+            "eps": d["eps"] if self.eps is None else float(self.eps),
             "milestones": self.milestones
             if self.milestones is not None
             else tuple(f * self.epochs for f in _MILESTONE_FRACTIONS[self.task]),
@@ -530,7 +557,7 @@ def build_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
     if cfg.task == "dbn":
         builder = getattr(models, f"cifar_{cfg.arch}")
         model = builder(
-            data.num_classes, method=r["method"], eps=cfg.eps, groups=cfg.groups,
+            data.num_classes, method=r["method"], eps=r["eps"], groups=cfg.groups,
             stem="soc" if cfg.ortho == "soc" else "conv", iters=cfg.iters, **common,
         )  # fmt: skip
     else:
@@ -538,7 +565,7 @@ def build_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
         model = builder(
             data.num_classes, head="gcp", reduced_channels=r["reduced_channels"],
             method=r["method"], iters=cfg.iters if cfg.iters is not None else 5,
-            cifar_stem=data.image_size <= 64, **common,
+            cifar_stem=data.image_size <= 64, eps=r["eps"], **common,
         )  # fmt: skip
     if cfg.ortho in ("hard", "oni", "own"):
         from . import ortho

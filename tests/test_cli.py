@@ -82,7 +82,13 @@ def test_compare_failures_preset_sets_defaults_that_options_override():
     assert (args.seeds, args.eps, args.treatments) == (2, 1e-3, "bwd-exact")
     # without the preset nothing changes
     args = parse_args(["compare"])
-    assert (args.seeds, args.eps, args.batch_size, args.out) == (1, 1e-2, 128, None)
+    assert (args.seeds, args.eps, args.batch_size, args.out) == (1, None, 128, None)
+
+
+def _config_of(argv):
+    from orthocond.cli import _config, parse_args
+
+    return _config(parse_args(argv), compare=argv[0] == "compare")
 
 
 def test_python_dash_m_entry_point():
@@ -120,6 +126,12 @@ def test_train_smoke_writes_everything_and_resumes(tmp_path, capsys):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_completed"] == 2 and summary["steps"] == 4
+    # a fresh run into a folder with a checkpoint is refused unless asked for
+    capsys.readouterr()
+    assert main(["train", *SMALL, "--nog", "--olr", "--out", str(out)]) == 2
+    assert "already exists; pass --resume" in capsys.readouterr().err
+    assert main(["train", *SMALL, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["label"] == "vanilla"
 
 
 def test_train_user_errors(tmp_path, capsys):
@@ -145,6 +157,21 @@ def test_train_user_errors(tmp_path, capsys):
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         main(["train", "--ortho", "spectral"])
+    # options that would change nothing are refused, by name
+    capsys.readouterr()
+    assert main(["train", "--nog-scale", "grad", "--quiet"]) == 2
+    assert "nog_scale='grad' needs NOG" in capsys.readouterr().err
+    assert main(["compare", "--treatments", "vanilla,olr", "--penalty-coef", "1", "--quiet"]) == 2
+    assert "penalty_coef needs a penalty" in capsys.readouterr().err
+
+
+def test_train_default_output_folder_names_the_setting():
+    from orthocond.cli import _slug
+
+    cfg = _config_of(["train", "--task", "gcp", "--backward", "pade", "--method", "eig"])
+    assert _slug(f"{cfg.task}-{cfg.arch}-{cfg.dataset}-{cfg.label}-s{cfg.seed}") == (
+        "gcp-resnet18-mnist-bwd-pade-s0"
+    )
 
 
 def test_compare_two_treatments_writes_table_and_plots(tmp_path, capsys):

@@ -249,3 +249,31 @@ def test_imagefolder_small_folder(tmp_path):
     assert xb.shape == (4, 3, 32, 32) and yb.dtype == torch.int64
     xe, _ = next(iter(s.test_batches(6)))
     assert xe.shape == (6, 3, 32, 32)
+
+
+def _image_folders(root, layout):
+    pil = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(1)
+    for split, classes in layout.items():
+        for cls in classes:
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                pil.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
+def test_imagefolder_val_uses_the_training_class_indices(tmp_path):
+    _image_folders(tmp_path, {"train": ("cat", "dog", "fox"), "val": ("cat", "fox")})
+    s = load_imagefolder(tmp_path, image_size=32, num_workers=0)
+    assert s.num_classes == 3
+    # fox is class 2 of the model, not class 1 of val/'s own numbering
+    assert sorted(set(s.test.targets)) == [0, 2]
+    assert s.test.class_to_idx == {"cat": 0, "dog": 1, "fox": 2}
+    _, ye = next(iter(s.test_batches(4)))
+    assert sorted(set(ye.tolist())) == [0, 2]
+
+
+def test_imagefolder_val_class_unknown_to_train_is_refused(tmp_path):
+    _image_folders(tmp_path, {"train": ("cat", "dog"), "val": ("cat", "dog", "emu")})
+    with pytest.raises(ValueError, match="class folders that .* lacks: emu"):
+        load_imagefolder(tmp_path, image_size=32, num_workers=0)

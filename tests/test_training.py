@@ -14,6 +14,7 @@ from orthocond.training import (
     TrainConfig,
     Trainer,
     aggregate,
+    build_model,
     build_optimizer,
     compare,
     evaluate_checkpoint,
@@ -91,7 +92,7 @@ def test_config_defaults_follow_the_papers():
     r = dbn.resolved()
     assert r["lr"] == 0.1 and r["weight_decay"] == 5e-4 and r["method"] == "eig"
     assert [round(m, 9) for m in r["milestones"]] == [100, 200, 300]
-    assert dbn.momentum == 0.9 and dbn.eps == 1e-2 and dbn.batch_size == 128 and dbn.gamma == 0.1
+    assert dbn.momentum == 0.9 and r["eps"] == 1e-2 and dbn.batch_size == 128 and dbn.gamma == 0.1
     gcp = TrainConfig(task="gcp", epochs=65).resolved("cifar10")
     assert gcp["weight_decay"] == 1e-4 and gcp["method"] == "ns" and gcp["width"] == 64
     assert [round(m, 9) for m in gcp["milestones"]] == [30, 45, 60]
@@ -438,3 +439,25 @@ def test_research_options_on_cuda(tiny_data, tmp_path):
     assert ev["clean_accuracy"] == pytest.approx(res.final_acc, abs=1 / 64)
     assert ev == evaluate_checkpoint(tmp_path, corruptions=["gaussian_noise"], severities=[1],
                                      data=tiny_data)
+
+
+def test_eps_default_depends_on_the_task_and_reaches_the_gcp_head(tiny_data):
+    assert TrainConfig().resolved()["eps"] == 1e-2
+    assert TrainConfig(task="gcp").resolved()["eps"] == 0.0
+    model = build_model(TrainConfig(task="gcp", width=4, eps=0.5), tiny_data)
+    assert model.head.eps == 0.5
+    model = build_model(TrainConfig(width=4, eps=1e-3), tiny_data)
+    assert model.bn1.eps == 1e-3
+
+
+def test_settings_that_change_nothing_are_listed():
+    assert TrainConfig().ineffective_settings() == []
+    cfg = TrainConfig(nog_scale="grad", penalty_coef=1.0, schedule="cosine", milestones=(1, 2),
+                      task="gcp", groups=2, hybrid_backward="svd", landscape_steps=5)
+    text = " | ".join(cfg.ineffective_settings())
+    for word in ("nog_scale", "penalty_coef", "milestones", "groups", "hybrid_backward",
+                 "landscape_steps"):
+        assert word in text
+    assert TrainConfig(nog="svd", nog_scale="grad", ortho="srip", penalty_coef=1.0).ineffective_settings() == []
+    assert "iters" in TrainConfig(iters=3).ineffective_settings()[0]
+    assert TrainConfig(backward="svd").label == "bwd-svd"
