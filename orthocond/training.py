@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from . import linalg
 from .data import DATASETS, DataSplits, load_dataset
-from .diagnostics import ConditionMonitor, jsonable
+from .diagnostics import ConditionMonitor, _is_soc, _ortho_error, effective_weight, jsonable
 
 __all__ = [
     "TASKS",
@@ -947,6 +947,12 @@ class Trainer:
             except torch.linalg.LinAlgError as exc:
                 self.failed = f"linalg error in the optimizer at step {self.global_step}: {str(exc).splitlines()[0]}"
                 break
+            olr = self.hooks["olr"]
+            if rec is not None and olr is not None and olr.last_lr:
+                # the lr OLR actually used on the Pre-SVD group (known only after the step)
+                rec["olr_lr"] = olr.last_lr[0]
+                if mon.writer is not None:
+                    mon.writer.add_scalar("olr_lr", olr.last_lr[0], rec["step"])
             self.scheduler.step()
             self.global_step += 1
             b = y.shape[0]
@@ -1070,7 +1076,6 @@ class Trainer:
     def result(self) -> RunResult:
         """The :class:`RunResult` of the run so far."""
         summary = self.monitor.summary()
-        metrics = summary["metrics"]
         accs = [e["test_acc"] for e in self.epoch_log]
         res = RunResult(
             label=self.cfg.label, seed=self.cfg.seed, config=self.cfg.to_dict(),
@@ -1093,11 +1098,15 @@ class Trainer:
                     res.cond_final = float(math.exp(sum(math.log(v) for v in last) / len(last)))
                 else:
                     res.cond_final = math.inf
-        for key, m in metrics.items():
-            if key.startswith("ortho_err/") and res.ortho_err is None:
-                res.ortho_err = m["final"]
-            if key.startswith("weight_norm/") and res.weight_norm is None:
-                res.weight_norm = m["final"]
+        # of the weights as they are now, not of the last record (up to monitor_every steps
+        # old, and before that step's update: Cayley SGD projects at its first step)
+        for _, m in self.monitor.pre_svd:
+            w = effective_weight(m)
+            if w is None or _is_soc(m):
+                continue
+            res.ortho_err = _ortho_error(w.detach())
+            res.weight_norm = float(w.detach().double().norm())
+            break
         return res
 
     def _write_outputs(self, *, final: bool, result: RunResult | None = None) -> None:
@@ -1179,14 +1188,15 @@ class Trainer:
             self.landscape.load_state_dict(state["landscape"])
         _set_rng_state(state["rng"])
         # The schedule's length follows the (possibly longer) epochs of this run: cosine
-        # anneals over the new total, the epoch schedules are stretched onto the new
-        # budget (multistep keeps the checkpoint's milestone steps).
+        # anneals over the new total, the epoch schedules and the default (fractional)
+        # multistep milestones are stretched onto the new budget, as the hybrid "auto"
+        # switch is; milestones given in epochs stay where they were.
         saved_epochs = TrainConfig.from_dict(state["config"]).epochs
         fresh = self._schedule_fn()
         for fn in self.scheduler.lr_lambdas:
-            if isinstance(fn, StepSchedule):
+            if isinstance(fn, StepSchedule) and self.cfg.milestones is not None:
                 fn.total_steps = self.steps_per_epoch * self.cfg.epochs
-            elif type(fn) is type(fresh):
+            elif type(fn) is type(fresh):  # default milestones are fractions of the budget
                 fn.__dict__.update(fresh.__dict__)
         if saved_epochs != self.cfg.epochs:  # the lr of the next step, on the new schedule
             sched = self.scheduler

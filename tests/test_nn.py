@@ -14,6 +14,7 @@ from orthocond.nn import (
     DecorrelatedBatchNorm1d,
     DecorrelatedBatchNorm2d,
     GlobalCovPool,
+    SkewOrthogonalConv2d,
     global_cov_pool,
     pooled_covariance,
     triu_vectorize,
@@ -241,3 +242,19 @@ def test_gcp_capture_covariance():
     ref = _np_cov(feats) + 1e-3 * np.eye(3)
     assert np.allclose(cov.numpy(), ref, rtol=0, atol=1e-12)
     assert "capture_covariance" not in str(gcp.state_dict().keys())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: DecorrelatedBatchNorm2d(8, groups=2, **kw),
+        lambda **kw: GlobalCovPool(16, 8, **kw),
+        lambda **kw: SkewOrthogonalConv2d(4, 4, 3, **kw),
+    ],
+)
+def test_factory_kwargs_like_torch_nn(make):
+    m = make(dtype=torch.float64, device="cpu")
+    floats = [t for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float64 for t in floats)
+    meta = make(device="meta")
+    assert all(t.is_meta for t in list(meta.parameters()) + list(meta.buffers()))

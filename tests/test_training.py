@@ -461,3 +461,44 @@ def test_settings_that_change_nothing_are_listed():
     assert TrainConfig(nog="svd", nog_scale="grad", ortho="srip", penalty_coef=1.0).ineffective_settings() == []
     assert "iters" in TrainConfig(iters=3).ineffective_settings()[0]
     assert TrainConfig(backward="svd").label == "bwd-svd"
+
+
+def test_resume_with_more_epochs_stretches_the_default_milestones(tiny_data, tmp_path):
+    # tiny_data: 192 images, batch 64 -> 3 steps per epoch
+    cfg = TrainConfig(epochs=1, **TINY)
+    train(cfg, out=tmp_path, data=tiny_data, log=lambda m: None)
+    longer = cfg.replace(epochs=4)
+    resumed = Trainer(longer, data=tiny_data, out=tmp_path)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt"))
+    planned = Trainer(longer, data=tiny_data)
+    fn, fresh = resumed.scheduler.lr_lambdas[0], planned.scheduler.lr_lambdas[0]
+    assert (fn.milestones, fn.total_steps) == (fresh.milestones, fresh.total_steps)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * fresh(3))
+    # milestones given in epochs stay where they were
+    cfg = TrainConfig(epochs=2, milestones=(1,), **TINY)
+    out = tmp_path / "explicit"
+    train(cfg, out=out, data=tiny_data, log=lambda m: None)
+    resumed = Trainer(cfg.replace(epochs=4), data=tiny_data, out=out)
+    resumed.load_state_dict(load_checkpoint(out / "checkpoint.pt"))
+    assert resumed.scheduler.lr_lambdas[0].milestones == [3]
+
+
+def test_reported_orthogonality_is_of_the_final_weights(tiny_data):
+    from orthocond.ortho import orthogonality_error
+
+    cfg = TrainConfig(epochs=1, ortho="cayley", **{**TINY, "monitor_every": 100})
+    trainer = Trainer(cfg, data=tiny_data)
+    res = trainer.fit()
+    w = trainer.model.conv1.weight.detach()
+    assert res.ortho_err == pytest.approx(float(orthogonality_error(w)), abs=1e-9)
+    assert res.ortho_err < 1e-4  # Cayley SGD keeps it on the manifold
+
+
+def test_olr_lr_is_recorded_per_step(tiny_data):
+    cfg = TrainConfig(epochs=1, treatment="nog-grad+olr", **{**TINY, "monitor_every": 1})
+    trainer = Trainer(cfg, data=tiny_data)
+    trainer.fit()
+    recs = [r for r in trainer.monitor.history if "olr_lr" in r]
+    assert len(recs) == 3
+    assert all(0 < r["olr_lr"] <= 0.1 for r in recs)
+    assert recs[-1]["olr_lr"] == trainer.hooks["olr"].last_lr[0]

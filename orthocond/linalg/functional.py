@@ -121,6 +121,8 @@ def inv_sqrtm(
     ``"mpa"`` returns :math:`P^{-1}Q/\sqrt{\|A\|_F}`, and the exact eig backward uses
     :math:`L_{ij} = -1/(\sqrt{\lambda_i}\sqrt{\lambda_j}(\sqrt{\lambda_i}+\sqrt{\lambda_j}))`.
     Default ``method="eig"``. A singular ``A`` without ``eps`` gives large but finite values.
+    ``A`` must be positive semi-definite: ``"ns"`` normalises by the trace and returns NaN for
+    an indefinite ``A`` with a trace <= 0 (``"eig"`` floors negative eigenvalues instead).
 
     Args:
         A (Tensor[..., n, n]): symmetric positive semi-definite.

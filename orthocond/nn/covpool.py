@@ -142,6 +142,8 @@ class GlobalCovPool(nn.Module):
             ``"svd"``, ``"taylor"`` or ``"pade"`` (SVD-Padé); ``"svd-unguarded"`` only to measure
             failures (it turns NaN at tied eigenvalues).
         eps: added to the covariance diagonal before the root (default 0).
+        device, dtype: where and in which dtype parameters and buffers are created (as
+            ``torch.nn`` layers; default: the current defaults).
 
     Attributes:
         pre_svd (nn.Conv2d | None): the Pre-SVD layer, marked ``is_pre_svd = True`` so that
@@ -167,8 +169,11 @@ class GlobalCovPool(nn.Module):
         *,
         backward: str = "exact",
         eps: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         check_int(in_channels, "in_channels")
         if reduced_channels is not None:
             check_int(reduced_channels, "reduced_channels")
@@ -188,9 +193,9 @@ class GlobalCovPool(nn.Module):
             self.pre_svd, self.bn = None, None
             self.dim = in_channels
         else:
-            self.pre_svd = nn.Conv2d(in_channels, reduced_channels, 1, bias=False)
+            self.pre_svd = nn.Conv2d(in_channels, reduced_channels, 1, bias=False, **factory)
             self.pre_svd.is_pre_svd = True
-            self.bn = nn.BatchNorm2d(reduced_channels)
+            self.bn = nn.BatchNorm2d(reduced_channels, **factory)
             self.dim = reduced_channels
         d = self.dim
         self.out_features = d * (d + 1) // 2 if self.vectorize else d * d

@@ -85,6 +85,8 @@ class SkewOrthogonalConv2d(nn.Module):
         bias: learnable bias (default True).
         train_terms: T in training (default 5). eval_terms: T in eval (default 12).
         bound_scale: target bound on ``||L||`` (default 0.7).
+        device, dtype: where and in which dtype parameters and buffers are created (as
+            ``torch.nn`` layers; default: the current defaults).
 
     Attributes:
         weight (nn.Parameter[c, c, kh, kw]): the trainable A, init N(0, 1/c); the tensor
@@ -111,8 +113,11 @@ class SkewOrthogonalConv2d(nn.Module):
         train_terms: int = 5,
         eval_terms: int = 12,
         bound_scale: float = 0.7,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         check_int(in_channels, "in_channels")
         check_int(out_channels, "out_channels")
         check_int(stride, "stride")
@@ -140,12 +145,12 @@ class SkewOrthogonalConv2d(nn.Module):
         self.bound_scale = float(bound_scale)
         self.channels = max(out_channels, in_channels * stride * stride)
         c, (kh, kw) = self.channels, ks
-        self.weight = nn.Parameter(torch.empty(c, c, kh, kw))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.weight = nn.Parameter(torch.empty(c, c, kh, kw, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         sizes = [m.shape[1] for m in conv_norm_bound_matrices(torch.empty(c, c, kh, kw))]
         self._vector_sizes = sizes
-        self.register_buffer("power_vectors", torch.empty(sum(sizes)))
-        self.register_buffer("num_train_forwards", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("power_vectors", torch.empty(sum(sizes), **factory))
+        self.register_buffer("num_train_forwards", torch.tensor(0, dtype=torch.long, device=device))
         # Host-side mirror of num_train_forwards: schedules the refresh without reading the
         # buffer (a device sync) every step; re-read from the buffer by load_state_dict.
         self._train_forwards = 0

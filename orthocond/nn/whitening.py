@@ -215,8 +215,11 @@ class _DecorrelatedBatchNorm(nn.Module):
         method: str = "eig",
         backward: str = "exact",
         iters: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         check_int(num_features, "num_features")
         _check_groups(num_features, groups)
         check_nonneg_float(eps, "eps")
@@ -235,8 +238,8 @@ class _DecorrelatedBatchNorm(nn.Module):
         self.iters = iters
         c = num_features // groups
         if self.affine:
-            self.weight = nn.Parameter(torch.empty(num_features))
-            self.bias = nn.Parameter(torch.empty(num_features))
+            self.weight = nn.Parameter(torch.empty(num_features, **factory))
+            self.bias = nn.Parameter(torch.empty(num_features, **factory))
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -244,9 +247,11 @@ class _DecorrelatedBatchNorm(nn.Module):
         self.running_cov: Tensor | None
         self.num_batches_tracked: Tensor | None
         if self.track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features))
-            self.register_buffer("running_cov", torch.eye(c).repeat(groups, 1, 1))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_cov", torch.eye(c, **factory).repeat(groups, 1, 1))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+            )
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_cov", None)
@@ -404,6 +409,8 @@ class DecorrelatedBatchNorm2d(_DecorrelatedBatchNorm):
         backward: eig gradient, ``"exact"`` (default), ``"svd"``, ``"taylor"``, ``"pade"``;
             ``"svd-unguarded"`` only to measure failures (it turns NaN at tied eigenvalues).
         iters: iterations for ``"ns"`` (None = linalg's default).
+        device, dtype: where and in which dtype parameters and buffers are created (as
+            ``torch.nn`` layers; default: the current defaults).
 
     The matrix function runs in float32 (float64 for float64 input) with autocast off; the
     output has the input dtype. ``capture_covariance = True`` makes forward store the
