@@ -56,6 +56,8 @@ def config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespa
     settings = dict(PAPER, method=a.method)
     cfg = TrainConfig(**settings, data_dir=a.data_dir, download=a.download,
                       treatment=a.treatment, seed=a.seed, device=a.device)
+    if cfg.ineffective_settings():  # the same check as `orthocond train`
+        p.error("; ".join(cfg.ineffective_settings()))
     return cfg, a
 
 

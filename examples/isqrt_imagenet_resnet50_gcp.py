@@ -55,9 +55,13 @@ def config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespa
     p.add_argument("--resume", action="store_true")
     p.add_argument("--print-config", action="store_true", help="print the settings and exit")
     a = p.parse_args(argv)
-    settings = dict(PAPER, method=a.method, backward=a.backward)
+    # the 5 Newton-Schulz iterations belong to ns; eig has none
+    settings = dict(PAPER, method=a.method, backward=a.backward,
+                    iters=PAPER["iters"] if a.method == "ns" else None)
     cfg = TrainConfig(**settings, data_dir=a.data_dir, treatment=a.treatment, seed=a.seed,
                       device=a.device, workers=a.workers)
+    if cfg.ineffective_settings():  # the same check as `orthocond train`
+        p.error("; ".join(cfg.ineffective_settings()))
     return cfg, a
 
 

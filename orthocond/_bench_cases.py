@@ -162,12 +162,14 @@ class Case:
 
 
 def relative_error(out: Tensor, ref: Tensor) -> float:
-    """Relative Frobenius error ``||out - ref|| / ||ref||`` in float64 (absolute when ref = 0)."""
+    """Relative Frobenius error ``||out - ref|| / ||ref||`` in float64 (absolute when ``ref`` is
+    zero or so small that a ratio would only measure rounding, e.g. a zero covariance)."""
     a = out.detach().to(device=ref.device, dtype=torch.float64)
     r = ref.detach().to(torch.float64)
     num = torch.linalg.vector_norm(a - r)
     den = torch.linalg.vector_norm(r)
-    return float(num / den) if float(den) > 0 else float(num)
+    negligible = torch.finfo(out.dtype if out.is_floating_point() else torch.float32).tiny ** 0.5
+    return float(num / den) if float(den) > negligible else float(num)
 
 
 def _randn(shape: Sequence[int], gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -40,6 +40,7 @@ import math
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -149,8 +150,9 @@ def benchmark(
 
     On CUDA each call is bracketed by CUDA events on the current stream (device time, host
     syncs inside ``fn`` included) and the device is synchronised before and after; on the CPU
-    each call is timed with ``time.perf_counter``. With ``max_time_s``, the warm-up calls
-    estimate the cost of one call and ``repeat`` is lowered so the timed calls take about
+    each call is timed with ``time.perf_counter``. With ``max_time_s``, the last warm-up call
+    (one-time start-up costs are paid by then; with ``warmup=0`` one extra untimed call)
+    estimates the cost of one call and ``repeat`` is lowered so the timed calls take about
     ``max_time_s`` seconds (at least 3 calls, or ``repeat`` if smaller).
 
     Args:
@@ -173,14 +175,19 @@ def benchmark(
     _check_counts(warmup, repeat, max_time_s)
     dev = _as_device(device)
     _sync(dev)
-    start = time.perf_counter()
+    per_call = None
     for _ in range(warmup):
+        start = time.perf_counter()
         fn()
-    _sync(dev)
-    if max_time_s is not None and warmup > 0:
-        per_call = (time.perf_counter() - start) / warmup
-        if per_call > 0:
-            repeat = min(repeat, max(3, int(max_time_s / per_call)))
+        _sync(dev)
+        per_call = time.perf_counter() - start  # the last warm-up call: start-up costs paid
+    if max_time_s is not None and warmup == 0:  # no warm-up: size the budget by a first call
+        start = time.perf_counter()
+        fn()
+        _sync(dev)
+        per_call = time.perf_counter() - start
+    if max_time_s is not None and per_call:
+        repeat = min(repeat, max(3, int(max_time_s / per_call)))
     samples: list[float] = []
     if dev.type == "cuda":
         with torch.cuda.device(dev):
@@ -384,25 +391,23 @@ def _tf32_state() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _tf32(enabled: bool) -> Iterator[None]:
-    """Set TF32 for CUDA matmuls and cuDNN convolutions, restore the previous setting after."""
-    want = "tf32" if enabled else "ieee"
-    matmul = torch.backends.cuda.matmul
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):
-        old = (matmul.fp32_precision, conv.fp32_precision)
-        matmul.fp32_precision, conv.fp32_precision = want, want
-        try:
-            yield
-        finally:
-            matmul.fp32_precision, conv.fp32_precision = old
-    else:
-        old_flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    """Set TF32 for CUDA matmuls and cuDNN, restore the previous setting after.
+
+    Through the ``allow_tf32`` flags even where ``fp32_precision`` exists (torch >= 2.9):
+    setting only cuDNN's conv precision there leaves conv and RNN different, and every later
+    read of ``torch.backends.cudnn.allow_tf32`` (inductor, ``cudnn.flags()``) then raises.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the flags are deprecated in favour of fp32_precision
+        old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old_flags
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _device_name(device: torch.device) -> str:

@@ -55,6 +55,7 @@ import json
 import math
 import os
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
@@ -142,9 +143,33 @@ def covariance_condition(
     return out
 
 
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _plain_name(name: str) -> str:
+    """A module name without DDP's ``module.`` / torch.compile's ``_orig_mod.`` prefixes, so
+    that the records of wrapped and plain runs carry the same keys."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
 def find_meta_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every module of ``model`` with a ``capture_covariance`` attribute."""
-    return [(n, m) for n, m in model.named_modules() if hasattr(m, "capture_covariance")]
+    """``(name, module)`` of every module of ``model`` with a ``capture_covariance`` attribute
+    (names without DDP / torch.compile wrapper prefixes)."""
+    return [
+        (_plain_name(n), m) for n, m in model.named_modules() if hasattr(m, "capture_covariance")
+    ]
+
+
+def _disarm(layers: list[nn.Module]) -> None:
+    for m in layers:
+        m.capture_covariance = False
+        m.captured_covariance = None
 
 
 def find_pre_svd_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -156,7 +181,7 @@ def find_pre_svd_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         wanted = {id(m) for m in pre_svd_modules(model)}
     except ImportError:
         wanted = {id(m) for m in model.modules() if getattr(m, "is_pre_svd", False)}
-    return [(n, m) for n, m in model.named_modules() if id(m) in wanted]
+    return [(_plain_name(n), m) for n, m in model.named_modules() if id(m) in wanted]
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> Tensor | None:
@@ -272,7 +297,7 @@ class ConditionMonitor:
             missing = [type(m).__name__ for m in pre_svd if id(m) not in names]
             if missing:
                 raise ValueError(f"pre_svd modules are not submodules of model: {missing}")
-            self.pre_svd = [(names[id(m)], m) for m in pre_svd]
+            self.pre_svd = [(_plain_name(names[id(m)]), m) for m in pre_svd]
         self.history: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.steps = 0
@@ -286,6 +311,8 @@ class ConditionMonitor:
         if jsonl is not None:
             self._jsonl = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._arm(True)
+        # a monitor dropped without close() must not leave the layers capturing
+        weakref.finalize(self, _disarm, [m for _, m in self.meta_layers])
 
     # ---------------------------------------------------------------- capture control
     @staticmethod

@@ -155,7 +155,9 @@ class HybridSwitch:
 
     ``state_dict()``/``load_state_dict()`` carry the schedule and whether the switch has
     happened; loading a state in which it has re-applies it to the model, whose
-    ``method`` attributes are not part of the model's own ``state_dict``.
+    ``method`` attributes are not part of the model's own ``state_dict``, and loading a
+    pre-switch state after the switch (a rollback) puts the layers back to their settings
+    from before it.
 
     Example:
         >>> switch = HybridSwitch(model, switch_epoch=45, method="eig", backward="pade")
@@ -239,10 +241,21 @@ class HybridSwitch:
         self.method = state["method"]
         self.backward = state["backward"]
         self.iters = state["iters"]
+        if self.switched and not state["switched"]:
+            self._undo()
         self.switched = state["switched"]
         self.switched_at = state["switched_at"] if self.switched else None
         if self.switched:
             self._apply()
+
+    def _undo(self) -> None:
+        """Give every layer switched by :meth:`_apply` its settings from before the switch."""
+        modules = dict(self.model.named_modules())
+        for name, (method, backward, iters) in self.previous.items():
+            layer = modules.get(name)
+            if layer is not None:
+                layer.method, layer.backward, layer.iters = method, backward, iters
+        self.previous = {}
 
     def __repr__(self) -> str:
         return (

@@ -23,7 +23,7 @@ name                 operation                                    imagenet p_1�
 ``gaussian_noise``   x + N(0, p²)                                 .08 .12 .18 .26 .38          .04 .06 .08 .09 .10
 ``shot_noise``       Poisson(p·x)/p                               60 25 12 5 3                 500 250 100 75 50
 ``gaussian_blur``    Gaussian filter, σ = p px (replicate pad)    1 2 3 4 6                    .4 .6 .7 .8 1
-``contrast``         (x − m)·p + m, m = image mean                .4 .3 .2 .1 .05              .75 .5 .4 .3 .15
+``contrast``         (x − m)·p + m, m = per-channel mean         .4 .3 .2 .1 .05              .75 .5 .4 .3 .15
 ``brightness``       HSV value V ← min(V + p, 1) (hue, sat. kept)  .1 .2 .3 .4 .5               .05 .1 .15 .2 .3
 ``jpeg``             JPEG quality p (see below)                   25 18 15 10 7                80 65 58 50 40
 ===================  ===========================================  ===========================  =========================
@@ -188,7 +188,7 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
 
 def _contrast(x: Tensor, p: float) -> Tensor:
-    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    m = x.mean(dim=(2, 3), keepdim=True)  # per channel, as ImageNet-C
     return (x - m) * p + m
 
 
@@ -454,7 +454,8 @@ def evaluate_corruptions(
     dev = torch.device(device) if device is not None else _model_device(model)
 
     def run(name: str | None, severity: int) -> tuple[float, int]:
-        wrong, total = 0, 0
+        wrong: Tensor | int = 0  # counted on the device: one host sync per pass, not per batch
+        total = 0
         gen: torch.Generator | None = None
         for item in batches:
             if not (isinstance(item, (tuple, list)) and len(item) >= 2):
@@ -471,14 +472,14 @@ def evaluate_corruptions(
             logits = model(x)
             if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != y.shape[0]:
                 raise ValueError("model must return logits of shape (B, classes)")
-            wrong += int((logits.argmax(1) != y).sum())
+            wrong = wrong + (logits.argmax(1) != y).sum()
             total += int(y.shape[0])
         if total == 0:
             raise ValueError(
                 "data yielded no samples (a one-shot iterator? pass a DataLoader or an "
                 "(images, labels) pair: the data is read once per corruption and severity)"
             )
-        return wrong / total, total
+        return int(wrong) / total, total
 
     with _eval_mode(model):
         clean, n = run(None, 0)
@@ -531,6 +532,12 @@ def mean_corruption_error(result: Mapping[str, Any], baseline: Mapping[str, Any]
     missing = [c for c in result["errors"] if c not in baseline["errors"]]
     if missing:
         raise ValueError(f"baseline lacks the corruptions {missing}")
+    for key in ("preset", "seed"):  # other corruption parameters make the ratio meaningless
+        if key in result and key in baseline and result[key] != baseline[key]:
+            raise ValueError(
+                f"{key} differs: result {result[key]!r}, baseline {baseline[key]!r}; CE compares "
+                "errors under the same corruptions"
+            )
     if not result["errors"]:
         raise ValueError("result has no corruption errors")
     ce: dict[str, float | None] = {}

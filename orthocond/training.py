@@ -589,8 +589,9 @@ def build_optimizer(
     cfg: TrainConfig, model: nn.Module
 ) -> tuple[torch.optim.Optimizer, dict[str, Any], list[nn.Parameter]]:
     """SGD (momentum, weight decay) with the Pre-SVD parameters in param group 0 of their
-    own -- CayleySGD with that group on the Stiefel manifold for ``ortho="cayley"`` -- and
-    the NOG then OLR hooks. Returns ``(optimizer, {"nog": NOG|None, "olr": OLR|None},
+    own -- CayleySGD with that group on the Stiefel manifold for ``ortho="cayley"``, no
+    weight decay on it for ``ortho="hard"`` (geotorch coordinates) -- and the NOG then OLR
+    hooks. Returns ``(optimizer, {"nog": NOG|None, "olr": OLR|None},
     pre_svd_params)``."""
     import optim as plugins
 
@@ -604,8 +605,13 @@ def build_optimizer(
             lr=r["lr"], momentum=cfg.momentum, weight_decay=r["weight_decay"],
         )  # fmt: skip
     else:
+        # "hard": the trained tensor holds geotorch coordinates around a fixed base, where
+        # weight decay would pull W back to its initial orthogonal matrix, not shrink it
+        pre_group: dict[str, Any] = {"params": pre}
+        if cfg.ortho == "hard":
+            pre_group["weight_decay"] = 0.0
         opt = torch.optim.SGD(
-            [{"params": pre}, {"params": rest}],
+            [pre_group, {"params": rest}],
             lr=r["lr"], momentum=cfg.momentum, weight_decay=r["weight_decay"],
         )  # fmt: skip
     hooks: dict[str, Any] = {"nog": None, "olr": None}

@@ -195,3 +195,16 @@ def test_hybrid_switch_bad_input():
     with pytest.raises(ValueError, match="method must be one of"):
         switch.load_state_dict(bad)
     assert meta_layer_methods(model) == {"head": ("ns", "exact", 5)}
+
+
+def test_rollback_to_a_pre_switch_state_restores_the_layers():
+    from orthocond.hybrid import HybridSwitch, meta_layer_methods
+    from orthocond.nn import GlobalCovPool
+
+    model = torch.nn.Sequential(GlobalCovPool(8, 4))
+    switch = HybridSwitch(model, 2)
+    before = switch.state_dict()
+    assert switch.on_epoch_start(3) and meta_layer_methods(model)["0"][:2] == ("eig", "pade")
+    switch.load_state_dict(before)
+    assert not switch.switched and meta_layer_methods(model)["0"] == ("ns", "exact", 5)
+    assert not switch.on_epoch_start(1) and switch.on_epoch_start(2)

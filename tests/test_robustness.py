@@ -78,9 +78,9 @@ def test_auto_preset_follows_the_image_size():
 
 def test_closed_forms():
     x = _images(dtype=torch.float64)
-    # contrast: (x - m) p + m, m the per-image mean
+    # contrast: (x - m) p + m, m the per-image channel mean (ImageNet-C)
     p = SEVERITY_PARAMETERS["cifar"]["contrast"][3]
-    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    m = x.mean(dim=(2, 3), keepdim=True)
     torch.testing.assert_close(corrupt(x, "contrast", 4, preset="cifar"), ((x - m) * p + m).clamp(0, 1))
     # gaussian noise: x + p·N(0, 1) from the same generator, clipped
     p = SEVERITY_PARAMETERS["imagenet"]["gaussian_noise"][1]
@@ -285,3 +285,12 @@ def test_evaluate_bad_arguments():
         evaluate_corruptions("model", (x, y))
     with pytest.raises(ValueError, match="together"):
         evaluate_corruptions(model, (x, y), mean=0.5)
+
+
+def test_contrast_leaves_a_uniform_colour_alone_and_ce_needs_the_same_corruptions():
+    x = torch.tensor([0.6, 0.2, 0.2]).reshape(1, 3, 1, 1).expand(2, 3, 8, 8).contiguous()
+    torch.testing.assert_close(corrupt(x, "contrast", 5), x)
+    res = {"clean_error": 0.1, "severities": [1], "errors": {"contrast": [0.2]}, "preset": "cifar"}
+    base = {**res, "preset": "imagenet"}
+    with pytest.raises(ValueError, match="preset differs"):
+        mean_corruption_error(res, base)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from orthocond.linalg import inv_sqrtm, polar
-from orthocond.linalg._utils import check_positive_int
+from orthocond.linalg._utils import check_positive_int, compute_dtype, no_autocast
 
 TRIVIALIZATIONS = ("expm", "cayley")
 
@@ -103,7 +103,15 @@ def orthogonal(module: nn.Module, name: str = "weight", *, triv: str = "expm") -
     The trainable tensor is ``module.parametrizations.<name>.original`` (shape
     ``(C_out, C_in*kh*kw)``), returned by :func:`trainable_tensor`; it is the same
     ``Parameter`` object as the former weight, so an optimizer built before still updates
-    it. Give it to :class:`optim.NOG` / :class:`optim.OLR`.
+    it. It holds coordinates :math:`\theta` relative to the base fixed at registration, not
+    the weight: weight decay on it pulls :math:`W` back to its initial orthogonal matrix,
+    and OLR's closed form (which assumes :math:`w` is the weight) has no meaning on it.
+
+    Cost: geotorch parametrises the Stiefel manifold through SO(n), n = max(C_out,
+    C_in*kh*kw), so every forward computes an n x n matrix exponential (and the state_dict
+    holds an n x n base): cheap for a stem (27 x 27), heavy for a wide 1x1 reduction such as
+    the ResNet-50 GCP Pre-SVD conv (256 x 2048: a 2048 x 2048 expm per step). For those, NOG
+    + OLR or a penalty is the lighter way to orthogonality.
 
     Args:
         module: e.g. ``nn.Conv2d`` or ``nn.Linear``.
@@ -203,6 +211,11 @@ class ONI(nn.Module):
         self.gain = _Gain(self.rows, scale, learnable_scale)
 
     def forward(self, V: Tensor) -> Tensor:
+        # float32 or better, also under autocast (the iteration amplifies 16-bit rounding)
+        with no_autocast(V.device.type):
+            return self._orthogonalize(V.to(compute_dtype(V.dtype))).to(V.dtype)
+
+    def _orthogonalize(self, V: Tensor) -> Tensor:
         Z = V.reshape(self.rows, self.cols)
         if self.centering:
             Z = Z - Z.mean(dim=1, keepdim=True)
@@ -260,6 +273,10 @@ class OWN(nn.Module):
         return Z @ inv_sqrtm(S, method="eig", eps=self.eps)
 
     def forward(self, V: Tensor) -> Tensor:
+        with no_autocast(V.device.type):  # float32 or better, also under autocast
+            return self._orthogonalize(V.to(compute_dtype(V.dtype))).to(V.dtype)
+
+    def _orthogonalize(self, V: Tensor) -> Tensor:
         Z = V.reshape(self.rows, self.cols)
         gs = self.group_size
         full = (self.rows // gs) * gs
@@ -273,8 +290,16 @@ class OWN(nn.Module):
 def _check_gain_options(eps: object, scale: object, centering: object, learnable_scale: object) -> None:
     _check_float(eps, "eps", positive=True)
     _check_float(scale, "scale", positive=True)
-    if not isinstance(centering, bool) or not isinstance(learnable_scale, bool):
-        raise TypeError("centering and learnable_scale must be bool")
+    if not (isinstance(centering, bool) or centering == "auto"):
+        raise TypeError(f"centering must be a bool or 'auto', got {centering!r}")
+    if not isinstance(learnable_scale, bool):
+        raise TypeError("learnable_scale must be bool")
+
+
+def _resolve_centering(centering: bool | str, rows: int, cols: int) -> bool:
+    # Centred rows sum to zero, so Z_c 1 = 0: with rows >= cols the columns can then never
+    # be orthonormal (W^T W = I - 11^T/n at best). "auto" centres only wide matrices.
+    return rows < cols if centering == "auto" else bool(centering)
 
 
 def _register(module: nn.Module, name: str, weight: Tensor, param: nn.Module) -> nn.Module:
@@ -285,7 +310,8 @@ def _register(module: nn.Module, name: str, weight: Tensor, param: nn.Module) ->
 
 
 def oni(module: nn.Module, name: str = "weight", *, iters: int = 5, eps: float = 1e-5,
-        scale: float = 1.0, centering: bool = True, learnable_scale: bool = False) -> nn.Module:
+        scale: float = 1.0, centering: bool | str = "auto",
+        learnable_scale: bool = False) -> nn.Module:
     r"""Register :class:`ONI` on ``module.<name>`` (flattened ``(C_out, C_in*kh*kw)`` matrix).
 
     The stored weight becomes the unconstrained :math:`V` (``trainable_tensor(module)``); the
@@ -297,7 +323,9 @@ def oni(module: nn.Module, name: str = "weight", *, iters: int = 5, eps: float =
         iters: Newton iterations T (default 5; ONI uses 5 for ImageNet VGG, 3-4 elsewhere).
         eps: :math:`\epsilon` added to the Gram (default 1e-5).
         scale: output factor (default 1.0; ONI/OWN use 1.414 = sqrt(2) without BN after).
-        centering: subtract row means first (default True).
+        centering: subtract row means first: True, False or ``"auto"`` (default: only when the
+            flattened weight has fewer rows than columns; centred rows sum to zero, so a tall
+            or square weight could never get orthonormal columns).
         learnable_scale: make the factor a learnable per-output-row gain (its parameter lives
             in the parametrization; add it to the optimizer yourself if the optimizer already
             exists).
@@ -314,12 +342,14 @@ def oni(module: nn.Module, name: str = "weight", *, iters: int = 5, eps: float =
     weight = _check_weight(module, name, "oni")
     check_positive_int(iters, "iters")
     _check_gain_options(eps, scale, centering, learnable_scale)
-    param = ONI(weight.shape, iters, float(eps), float(scale), centering, learnable_scale)
+    rows, cols = weight.shape[0], weight[0].numel()
+    param = ONI(weight.shape, iters, float(eps), float(scale),
+                _resolve_centering(centering, rows, cols), learnable_scale)
     return _register(module, name, weight, param)
 
 
 def own(module: nn.Module, name: str = "weight", *, group_size: int | None = None,
-        eps: float = 1e-5, scale: float = 1.0, centering: bool = True,
+        eps: float = 1e-5, scale: float = 1.0, centering: bool | str = "auto",
         learnable_scale: bool = False) -> nn.Module:
     r"""Register :class:`OWN` on ``module.<name>`` (flattened ``(C_out, C_in*kh*kw)`` matrix).
 
@@ -329,7 +359,8 @@ def own(module: nn.Module, name: str = "weight", *, group_size: int | None = Non
         group_size: rows per group (default None: all rows, one group; OWN used 64).
         eps: :math:`\epsilon` added to each group's Gram (default 1e-5).
         scale: output factor (default 1.0; 1.414 in the OWN/ONI papers).
-        centering: subtract row means first (default True).
+        centering: subtract row means first: True, False or ``"auto"`` (default: only when a
+            group has fewer rows than columns; see :func:`oni`).
         learnable_scale: learnable per-output-row gain starting at ``scale``.
 
     Returns:
@@ -344,5 +375,8 @@ def own(module: nn.Module, name: str = "weight", *, group_size: int | None = Non
     if group_size is not None:
         check_positive_int(group_size, "group_size")
     _check_gain_options(eps, scale, centering, learnable_scale)
-    param = OWN(weight.shape, group_size, float(eps), float(scale), centering, learnable_scale)
+    rows, cols = weight.shape[0], weight[0].numel()
+    group_rows = min(group_size or rows, rows)
+    param = OWN(weight.shape, group_size, float(eps), float(scale),
+                _resolve_centering(centering, group_rows, cols), learnable_scale)
     return _register(module, name, weight, param)

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Union
 import torch
 from torch import Tensor, nn
 
-from orthocond.linalg._utils import is_compiling
+from orthocond.linalg._utils import value_checks_enabled
 
 PENALTY_KINDS = ("so", "dso", "mc", "srip")
 SRIP_SCHEDULES = ("reference", "paper")
@@ -31,7 +31,8 @@ def as_matrix(weight: Tensor, name: str = "weight") -> Tensor:
         )
     if weight.numel() == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(weight.shape)}")
-    if not is_compiling() and not bool(torch.isfinite(weight).all()):
+    # one host sync; off with orthocond.linalg.set_value_checks(False) (and under compile)
+    if value_checks_enabled() and not bool(torch.isfinite(weight).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
     return weight.reshape(weight.shape[0], -1)
 
@@ -121,7 +122,11 @@ def srip_penalty(
 ) -> Tensor:
     r"""Spectral restricted isometry :math:`\sigma_{\max}(WW^T - I)` by power iteration.
 
-    With :math:`A = WW^T - I` (symmetric): :math:`v_0` random, ``iters`` times
+    On the smaller Gram, as Bansal et al.'s code: for a tall :math:`W` (more rows than
+    columns, e.g. a 64x27 stem) :math:`WW^T - I` has the eigenvalue -1 on the null space of
+    :math:`W^T`, so :math:`\sigma_{\max}(WW^T - I) \ge 1` whatever :math:`W` is and power iteration
+    settles there with a vanishing gradient; :math:`A = W^TW - I` is used instead (the same
+    nonzero deviations). With :math:`A` (symmetric): :math:`v_0` random, ``iters`` times
     :math:`v \leftarrow Av/\|Av\|` (without gradient), then :math:`\sigma \approx \|Av\|`
     (with gradient, so :math:`\partial\sigma/\partial A \approx uv^T`, the gradient of
     :math:`\sigma_{\max}`). ``iters=1`` is the reference's two mat-vecs; more iterations
@@ -142,7 +147,7 @@ def srip_penalty(
     W = as_matrix(weight)
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
         raise ValueError(f"iters must be a positive int, got {iters!r}")
-    A = _gram_minus_eye(W)
+    A = _gram_minus_eye(W, rows=W.shape[0] <= W.shape[1])
     tiny = torch.finfo(W.dtype).tiny ** 0.5
     with torch.no_grad():
         dev = generator.device if generator is not None else A.device
@@ -161,9 +166,12 @@ _PENALTIES = {"so": so_penalty, "dso": dso_penalty, "mc": mc_penalty, "srip": sr
 def _weights_of(params_or_model: Union[nn.Module, Tensor, Iterable[Tensor]]) -> list[Tensor]:
     if isinstance(params_or_model, nn.Module):
         from orthocond.models import pre_svd_modules  # lazy: models sit above ortho
+        from orthocond.nn import SkewOrthogonalConv2d
 
         weights = []
         for module in pre_svd_modules(params_or_model):
+            if isinstance(module, SkewOrthogonalConv2d):
+                continue  # orthogonal by construction; its weight is the skew generator
             w = getattr(module, "weight", None)
             if isinstance(w, Tensor) and w.ndim >= 2:
                 weights.append(w)
@@ -219,8 +227,9 @@ def orthogonality_penalty(
         not isinstance(coefficient, (int, float))
         or isinstance(coefficient, bool)
         or not math.isfinite(coefficient)
+        or coefficient < 0
     ):
-        raise ValueError(f"coefficient must be a finite float, got {coefficient!r}")
+        raise ValueError(f"coefficient must be a finite float >= 0, got {coefficient!r}")
     if kwargs and kind != "srip":
         raise ValueError(f"extra arguments {sorted(kwargs)} only apply to kind='srip'")
     fn = _PENALTIES[kind]
