@@ -129,7 +129,9 @@ def srip_penalty(
     nonzero deviations). With :math:`A` (symmetric): :math:`v_0` random, ``iters`` times
     :math:`v \leftarrow Av/\|Av\|` (without gradient), then :math:`\sigma \approx \|Av\|`
     (with gradient, so :math:`\partial\sigma/\partial A \approx uv^T`, the gradient of
-    :math:`\sigma_{\max}`). ``iters=1`` is the reference's two mat-vecs; more iterations
+    :math:`\sigma_{\max}`). Bansal et al.'s released code returns :math:`\sigma^2` with the gradient
+    also through :math:`v`; this is :math:`\sigma` itself, whose gradient is :math:`1/(2\sigma)`
+    times theirs, so the same :math:`\lambda` acts more strongly near orthogonality. ``iters=1`` is the reference's two mat-vecs; more iterations
     tighten the estimate, which never exceeds the true :math:`\sigma_{\max}`.
 
     Args:
