@@ -381,3 +381,53 @@ def test_parametrizations_are_registered_on_the_flattened_matrix():
     assert parametrize.is_parametrized(conv, "weight")
     assert conv.weight.shape == (4, 2, 3, 3)
     assert isinstance(conv.parametrizations.weight[0], ortho.OWN)
+
+
+def test_srip_regularises_a_tall_weight():
+    # a 64x27 stem: W W^T - I has the eigenvalue -1 on the null space of W^T; SRIP must use
+    # the smaller Gram or its value sits at 1 with a vanishing gradient
+    g = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(64, 27, generator=g, dtype=torch.float64))
+    W = (1.5**0.5 * Q).requires_grad_()
+    value = ortho.srip_penalty(W, iters=50, generator=torch.Generator().manual_seed(1))
+    assert value.item() == pytest.approx(0.5, abs=1e-6)  # sigma_max(W^T W - I) = 1.5 - 1
+    opt = torch.optim.SGD([W], lr=0.05)
+    before = ortho.orthogonality_error(W).item()
+    for _ in range(100):
+        opt.zero_grad()
+        ortho.srip_penalty(W, iters=3).backward()
+        opt.step()
+    assert ortho.orthogonality_error(W).item() < 0.2 * before
+
+
+@pytest.mark.parametrize("wrap", [ortho.oni, ortho.own])
+def test_oni_own_default_centring_lets_a_tall_stem_become_orthogonal(wrap):
+    conv = torch.nn.Conv2d(3, 64, 3, bias=False).double()  # flattened 64 x 27: tall
+    wrap(conv, **({"iters": 40} if wrap is ortho.oni else {}))
+    W = conv.weight.reshape(64, 27)
+    assert ortho.orthogonality_error(W).item() < 1e-3
+    assert W.sum(dim=1).abs().max().item() > 1e-3  # filters are not forced to zero sum
+    wide = wrap(torch.nn.Conv2d(16, 8, 1, bias=False).double(), centering="auto")
+    assert wide.weight.reshape(8, 16).sum(dim=1).abs().max().item() < 1e-9  # wide: centred
+
+
+def test_orthogonality_penalty_skips_an_soc_stem():
+    from orthocond.models import cifar_resnet18
+
+    model = cifar_resnet18(10, in_channels=1, width=4, stem="soc")
+    with pytest.raises(ValueError, match="no Pre-SVD weight"):
+        ortho.orthogonality_penalty(model, "so")
+
+
+def test_a_dropped_monitor_stops_the_capture():
+    import gc
+
+    from orthocond.diagnostics import ConditionMonitor
+    from orthocond.nn import GlobalCovPool
+
+    model = torch.nn.Sequential(GlobalCovPool(8, 4))
+    mon = ConditionMonitor(model)
+    assert model[0].capture_covariance
+    del mon
+    gc.collect()
+    assert not model[0].capture_covariance and model[0].captured_covariance is None

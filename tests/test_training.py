@@ -502,3 +502,11 @@ def test_olr_lr_is_recorded_per_step(tiny_data):
     assert len(recs) == 3
     assert all(0 < r["olr_lr"] <= 0.1 for r in recs)
     assert recs[-1]["olr_lr"] == trainer.hooks["olr"].last_lr[0]
+
+
+def test_no_weight_decay_on_geotorch_coordinates(tiny_data):
+    for kind, decay in (("hard", 0.0), ("none", 5e-4), ("oni", 5e-4)):
+        cfg = TrainConfig(ortho=kind, **TINY)
+        opt, _, _ = build_optimizer(cfg, build_model(cfg, tiny_data))
+        assert opt.param_groups[0]["weight_decay"] == decay, kind
+        assert opt.param_groups[1]["weight_decay"] == 5e-4
