@@ -159,6 +159,9 @@ class Case:
     subjects: list[Subject] = field(default_factory=list)
     note: str = ""
     cleanup: Callable[[], None] | None = None
+    #: time the subjects round-robin (one call each per round, the same number of rounds),
+    #: so that clock drift cancels in ratios meant to resolve a few percent
+    interleave: bool = False
 
 
 def relative_error(out: Tensor, ref: Tensor) -> float:
@@ -446,7 +449,7 @@ def build_step(
         return step
 
     label = _label("step", shape, "resnet50-gcp " if model_name == "resnet50" else "tiny ")
-    case = Case("step", shape, label, note=f"model: {described}")
+    case = Case("step", shape, label, note=f"model: {described}", interleave=True)
     case.subjects.append(Subject("sgd", "baseline", {"step": make_step(None)}))
     for method in NOG_METHODS:
         name = f"nog-{method}+olr"

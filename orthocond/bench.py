@@ -76,6 +76,7 @@ __all__ = [
     "Target",
     "Timing",
     "benchmark",
+    "benchmark_interleaved",
     "main",
     "parse_size",
     "peak_memory_mib",
@@ -208,6 +209,64 @@ def benchmark(
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
     return timing_from_samples(samples)
+
+
+def benchmark_interleaved(
+    fns: Sequence[Callable[[], Any]],
+    *,
+    device: torch.device | str = "cpu",
+    warmup: int = 3,
+    repeat: int = 20,
+    max_time_s: float | None = None,
+) -> list[Timing]:
+    """Time several callables round-robin: ``warmup`` untimed calls of each, then ``repeat``
+    rounds of one timed call of each, in order. Every callable gets the same number of
+    samples, taken side by side, so slow drifts (GPU clocks, temperature) affect all alike
+    and their ratios can resolve a few percent. ``max_time_s`` bounds the timed rounds as in
+    :func:`benchmark`, from the last warm-up round.
+
+    Returns:
+        One :class:`Timing` per callable, in the order given.
+    """
+    if not fns or not all(callable(f) for f in fns):
+        raise TypeError("fns must be a non-empty sequence of callables")
+    _check_counts(warmup, repeat, max_time_s)
+    dev = _as_device(device)
+    _sync(dev)
+    per_round = None
+    for _ in range(max(warmup, 1 if max_time_s is not None else 0)):
+        start = time.perf_counter()
+        for fn in fns:
+            fn()
+        _sync(dev)
+        per_round = time.perf_counter() - start
+    if max_time_s is not None and per_round:
+        repeat = min(repeat, max(3, int(max_time_s / per_round)))
+    samples: list[list[float]] = [[] for _ in fns]
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            stream = torch.cuda.current_stream(dev)
+            events = [
+                [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                 for _ in fns]
+                for _ in range(repeat)
+            ]
+            for round_events in events:
+                for fn, (begin, end) in zip(fns, round_events):
+                    begin.record(stream)
+                    fn()
+                    end.record(stream)
+            torch.cuda.synchronize(dev)
+            for round_events in events:
+                for k, (begin, end) in enumerate(round_events):
+                    samples[k].append(begin.elapsed_time(end))
+    else:
+        for _ in range(repeat):
+            for k, fn in enumerate(fns):
+                t0 = time.perf_counter()
+                fn()
+                samples[k].append((time.perf_counter() - t0) * 1e3)
+    return [timing_from_samples(s) for s in samples]
 
 
 def peak_memory_mib(fn: Callable[[], Any], device: torch.device | str) -> float | None:
@@ -527,6 +586,39 @@ def _measure_subject(
     return results
 
 
+def _measure_interleaved(
+    case: Case, device: torch.device, warmup: int, repeat: int, max_time_s: float | None
+) -> list[Result]:
+    """Rows of a case whose subjects are timed round-robin, pass by pass."""
+    results = []
+    for pass_ in PASSES:
+        subjects = [s for s in case.subjects if s.run.get(pass_) is not None]
+        if not subjects:
+            continue
+        fns = [s.run[pass_] for s in subjects]
+        note = case.note
+        try:
+            timings: list[Timing | None] = list(benchmark_interleaved(
+                fns, device=device, warmup=warmup, repeat=repeat, max_time_s=max_time_s
+            ))
+            peaks = [peak_memory_mib(fn, device) for fn in fns]
+        except (RuntimeError, ValueError) as err:  # CUDA OOM, solver failure, ...
+            timings, peaks = [None] * len(fns), [None] * len(fns)
+            note = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        for subject, timing, peak in zip(subjects, timings, peaks):
+            fwd_err = grad_err = None
+            if subject.accuracy is not None:
+                fwd_err, grad_err = subject.accuracy()
+            target = subject.target if subject.target is not None and pass_ in subject.target.passes else None
+            results.append(Result(case.suite, case.label, case.shape, subject.name, subject.kind,
+                                  pass_, timing, fwd_err=fwd_err,
+                                  grad_err=grad_err if pass_ != "fwd" else None, peak_mib=peak,
+                                  target=target, note=note))
+    return results
+
+
 def _fill_ratios(results: list[Result]) -> None:
     """x<baseline> = median / baseline median (same pass if timed there, else forward)."""
     base: dict[tuple[str, str], float] = {
@@ -557,10 +649,16 @@ def run_case(
     """Measure every subject of ``case``; return its rows with ratios and targets filled in."""
     results: list[Result] = []
     try:
-        for subject in case.subjects:
+        if case.interleave:
             if log is not None:
-                log(f"  {case.suite} {case.label}: {subject.name}")
-            results += _measure_subject(case, subject, device, warmup, repeat, max_time_s)
+                log(f"  {case.suite} {case.label}: {', '.join(s.name for s in case.subjects)} "
+                    "(interleaved)")
+            results += _measure_interleaved(case, device, warmup, repeat, max_time_s)
+        else:
+            for subject in case.subjects:
+                if log is not None:
+                    log(f"  {case.suite} {case.label}: {subject.name}")
+                results += _measure_subject(case, subject, device, warmup, repeat, max_time_s)
     finally:
         if case.cleanup is not None:
             case.cleanup()

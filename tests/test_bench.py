@@ -385,3 +385,29 @@ def test_targets_are_applied_to_their_pass():
     assert "| target | met? |" in table and "| yes |" in table and "| NO |" in table
     data = json.loads(report.to_json())
     assert {r["met"] for r in data["results"]} == {True, False, None}
+
+
+def test_interleaved_timing_gives_every_callable_the_same_rounds():
+    from orthocond.bench import benchmark_interleaved
+
+    order: list[str] = []
+    fns = [lambda: order.append("a"), lambda: order.append("b"), lambda: order.append("c")]
+    timings = benchmark_interleaved(fns, warmup=1, repeat=4)
+    assert [t.repeat for t in timings] == [4, 4, 4]
+    assert order == ["a", "b", "c"] * 5  # one warm-up round, then 4 timed rounds in order
+    # a budget lowers the rounds for all callables alike
+    slow = [lambda: time.sleep(0.01), lambda: None]
+    timings = benchmark_interleaved(slow, warmup=1, repeat=50, max_time_s=0.05)
+    assert timings[0].repeat == timings[1].repeat < 50
+    with pytest.raises(TypeError):
+        benchmark_interleaved([])
+
+
+def test_step_suite_is_timed_interleaved():
+    from orthocond.bench import run_bench
+
+    report = run_bench(["step"], device="cpu", quick=True, repeat=3, warmup=1, max_time_s=None)
+    rows = [r for r in report.results if r.suite == "step"]
+    assert {r.method for r in rows} == {"sgd", "nog-svd+olr", "nog-ns+olr"}
+    assert len({r.timing.repeat for r in rows}) == 1
+    assert all("sgd" in r.ratios for r in rows if r.method != "sgd")
