@@ -347,19 +347,45 @@ class TensorBatches:
         self.epoch = int(state["epoch"])
 
 
+class _RankSlices(torch.utils.data.Sampler):
+    """Index batches of one rank: each shuffled global batch of ``batch_size``, split into
+    ``world_size`` parts with ``tensor_split``, gives the rank its part; global batches with
+    fewer samples than ranks are dropped on every rank alike. All ranks draw the same
+    permutation from generators in the same state."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, *, shuffle: bool,
+                 rank: int, world_size: int) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.shuffle, self.rank, self.world_size = shuffle, rank, world_size
+
+    def __len__(self) -> int:
+        full, last = divmod(self.n, self.batch_size)
+        return full + (1 if last >= self.world_size else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            if len(batch) >= self.world_size:
+                yield batch.tensor_split(self.world_size)[self.rank].tolist()
+
+
 class LoaderBatches:
     """:class:`TensorBatches`-like wrapper around a :class:`torch.utils.data.DataLoader`
     (file-backed datasets such as ImageFolder); moves batches to ``device``.
 
-    The loader's shuffling generator is part of :meth:`state_dict`.
+    The loader's shuffling generator is part of :meth:`state_dict`. With ``world_size > 1``
+    (distributed training) each rank loads and decodes only its slice of every global batch
+    (``per_rank`` is then True): the images are read once in all, not once per rank.
 
     Args:
         dataset (torch.utils.data.Dataset): yields ``(image_tensor, label)``.
-        batch_size (int): batch size (> 0).
+        batch_size (int): batch size (> 0), global over the ranks.
         device (str or torch.device): device of the yielded batches.
         shuffle (bool): shuffle each epoch. Default True.
         num_workers (int): loader worker processes. Default 0.
         seed (int): seed of the loader generator. Default 0.
+        rank, world_size (int): this process's rank and the number of ranks (default 0, 1).
     """
 
     def __init__(
@@ -371,17 +397,28 @@ class LoaderBatches:
         shuffle: bool = True,
         num_workers: int = 0,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int)
+                and 0 <= rank < world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         self.device = torch.device(device)
         self.generator = torch.Generator()
         self.generator.manual_seed(int(seed))
         self.epoch = 0
+        self.per_rank = world_size > 1
+        batching: dict[str, Any] = {"batch_size": batch_size, "shuffle": shuffle}
+        if self.per_rank:
+            batching = {"batch_sampler": _RankSlices(
+                len(dataset), batch_size, self.generator, shuffle=shuffle, rank=rank,
+                world_size=world_size,
+            )}
         self.loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
+            **batching,
             num_workers=num_workers,
             generator=self.generator,
             pin_memory=self.device.type == "cuda",
@@ -457,8 +494,12 @@ class DataSplits:
         device: Union[str, torch.device] = "cpu",
         seed: int = 0,
         augment: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Union[TensorBatches, LoaderBatches]:
-        """Shuffled (and, with ``augment``, augmented) training batches."""
+        """Shuffled (and, with ``augment``, augmented) training batches. ``rank`` and
+        ``world_size`` make a file-backed loader yield only the rank's slice of each global
+        batch (tensor datasets always yield the global batch; the trainer slices it)."""
         if self.is_tensor:
             return TensorBatches(
                 self.train[0],
@@ -474,7 +515,7 @@ class DataSplits:
             )
         return LoaderBatches(
             self.train, batch_size, device=device, shuffle=True,
-            num_workers=self.num_workers, seed=seed,
+            num_workers=self.num_workers, seed=seed, rank=rank, world_size=world_size,
         )
 
     def test_batches(

@@ -846,7 +846,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.train_batches = data.train_batches(
-            cfg.batch_size, device=self.device, seed=cfg.seed, augment=cfg.augment
+            cfg.batch_size, device=self.device, seed=cfg.seed, augment=cfg.augment,
+            rank=self.rank, world_size=self.world_size,
         )
         self.test_batches = data.test_batches(max(cfg.batch_size, 256), device=self.device)
         self.steps_per_epoch = len(self.train_batches)
@@ -914,8 +915,9 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
+        sliced = getattr(self.train_batches, "per_rank", False)  # the loader sliced already
         for x, y in self.train_batches:
-            if self.ddp:
+            if self.ddp and not sliced:
                 if y.shape[0] < self.world_size:  # same global batch on every rank: all skip
                     continue
                 x = x.tensor_split(self.world_size)[self.rank]

@@ -71,6 +71,37 @@ def test_train_under_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob(".*.tmp"))
 
 
+@gloo
+def test_imagefolder_under_torchrun_each_rank_loads_its_slice(tmp_path: Path) -> None:
+    pil = pytest.importorskip("PIL.Image")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pil.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        "-m", "orthocond", "train", "--dataset", "imagefolder", "--data-dir",
+        str(tmp_path / "data"), "--workers", "0", "--epochs", "1", "--width", "4",
+        "--batch-size", "4", "--quiet", "--no-plots", "--no-tensorboard", "--out", str(out),
+        "--device", "cpu", "--threads", "1",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "summary.json").read_text())
+    # 12 images / global batch 4 = 3 steps, each rank decoding 2 images per step
+    assert not res["failed"] and res["steps"] == 3
+
+
 
 def test_distributed_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
