@@ -40,21 +40,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@gloo
-def test_train_under_torchrun_two_cpu_processes(tmp_path: Path) -> None:
-    out = tmp_path / "run"
+def _train_under_torchrun(args: list[str], out: Path) -> subprocess.CompletedProcess:
+    """`orthocond train ARGS` in 2 CPU processes (1 epoch, width 4); asserts exit 0."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "orthocond", "train", "--limit-train", "256", "--limit-test", "128",
-        "--epochs", "1", "--width", "4", "--batch-size", "64", "--nog", "--olr", "--quiet",
-        "--no-plots", "--no-tensorboard", "--out", str(out), "--device", "cpu", "--threads", "1",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "orthocond", "train",
+        *args, "--epochs", "1", "--width", "4", "--quiet", "--no-plots", "--no-tensorboard",
+        "--out", str(out), "--device", "cpu", "--threads", "1",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@gloo
+def test_train_under_torchrun_two_cpu_processes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _train_under_torchrun(
+        ["--limit-train", "256", "--limit-test", "128", "--batch-size", "64", "--nog", "--olr"],
+        out,
+    )
     summaries = sorted(tmp_path.rglob("summary.json"))
     assert summaries == [out / "summary.json"]
     assert proc.stdout.count("test acc") == 1  # only rank 0 prints the summary
@@ -84,19 +92,11 @@ def test_imagefolder_under_torchrun_each_rank_loads_its_slice(tmp_path: Path) ->
             for i in range(count):
                 pil.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "orthocond", "train", "--dataset", "imagefolder", "--data-dir",
-        str(tmp_path / "data"), "--workers", "0", "--epochs", "1", "--width", "4",
-        "--batch-size", "4", "--quiet", "--no-plots", "--no-tensorboard", "--out", str(out),
-        "--device", "cpu", "--threads", "1",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _train_under_torchrun(
+        ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--workers", "0",
+         "--batch-size", "4"],
+        out,
+    )
     res = json.loads((out / "summary.json").read_text())
     # 12 images / global batch 4 = 3 steps, each rank decoding 2 images per step
     assert not res["failed"] and res["steps"] == 3
