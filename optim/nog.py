@@ -67,8 +67,10 @@ def _orthogonalize(
     Matrices that are all zero or hold a non-finite value come back unchanged, and so does
     everything when ``skip`` (a scalar tensor, GradScaler's ``found_inf``) is non-zero.
     ``factor`` (a scalar tensor) multiplies the orthogonalised matrices only (used to put
-    GradScaler's scale back for fused optimizers). No host synchronisation: the polar core
-    is called without ``polar``'s input checks, which the placeholder makes unnecessary.
+    GradScaler's scale back for fused optimizers). No host synchronisation of its own: the
+    polar core is called without ``polar``'s input checks, which the placeholder makes
+    unnecessary (``method="svd"`` still has the one of cuSOLVER's error check in
+    ``torch.linalg.svd``; ``"ns"`` has none).
     """
     work = torch.float64 if G.dtype == torch.float64 else torch.float32
     X = G.to(work)

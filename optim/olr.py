@@ -285,9 +285,11 @@ class OLR:
             return
         for gi, lr, used in self._saved:
             group = self.optimizer.param_groups[gi]
+            # else someone (load_state_dict) has set it since: leave their value alone
             if isinstance(group["lr"], Tensor):
-                group["lr"].fill_(lr)
-            elif group["lr"] == used:  # else someone (load_state_dict) has set it since
+                if group["lr"] is used:  # the tensor OLR filled, not a newly loaded one
+                    group["lr"].fill_(lr)
+            elif group["lr"] == used:
                 group["lr"] = lr
         self._saved = None
 
@@ -337,7 +339,7 @@ class OLR:
             sched = group["lr"]
             sched_value = sched.clone() if isinstance(sched, Tensor) else sched
             eta, lr = self._candidate(group, float(sched), grad_scale)
-            saved.append((gi, sched_value, lr))
+            saved.append((gi, sched_value, sched if isinstance(sched, Tensor) else lr))
             raw.append(eta)
             used.append(lr)
             if isinstance(sched, Tensor):

@@ -436,15 +436,33 @@ class Report:
 # --------------------------------------------------------------------------- running
 
 
+def _legacy_tf32() -> tuple[bool, bool] | None:
+    """(matmul, cuDNN) ``allow_tf32`` flags, or None when the process uses the newer
+    ``fp32_precision`` API in a way the legacy getters refuse to read (torch >= 2.9)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:  # "mix of the legacy and new APIs"
+        return None
+
+
+def _precision_api() -> list[tuple[Any, str]]:
+    """The ``fp32_precision`` knobs of torch >= 2.9: CUDA matmul, cuDNN conv and RNN."""
+    knobs = [torch.backends.cuda.matmul]
+    cudnn = torch.backends.cudnn
+    knobs += [getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None)]
+    return [(k, "fp32_precision") for k in knobs if k is not None and hasattr(k, "fp32_precision")]
+
+
 def _tf32_state() -> dict[str, Any]:
-    """Current TF32 settings, read through the API in use (torch >= 2.9: fp32_precision)."""
-    matmul = torch.backends.cuda.matmul
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):
-        mm, cv = str(matmul.fp32_precision), str(conv.fp32_precision)
-    else:  # older torch: the allow_tf32 flags
-        mm = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-        cv = "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    """Current TF32 settings, read through whichever API the process uses."""
+    legacy = _legacy_tf32()
+    if legacy is not None:
+        mm, cv = ("tf32" if on else "ieee" for on in legacy)
+    else:
+        values = [str(getattr(k, a)) for k, a in _precision_api()]
+        mm, cv = values[0], values[1] if len(values) > 1 else "ieee"
     return {"enabled": mm == "tf32", "matmul": mm, "cudnn_conv": cv}
 
 
@@ -452,21 +470,33 @@ def _tf32_state() -> dict[str, Any]:
 def _tf32(enabled: bool) -> Iterator[None]:
     """Set TF32 for CUDA matmuls and cuDNN, restore the previous setting after.
 
-    Through the ``allow_tf32`` flags even where ``fp32_precision`` exists (torch >= 2.9):
-    setting only cuDNN's conv precision there leaves conv and RNN different, and every later
-    read of ``torch.backends.cudnn.allow_tf32`` (inductor, ``cudnn.flags()``) then raises.
+    Through the legacy ``allow_tf32`` flags while the process uses them (they keep every
+    getter working: setting only cuDNN's conv precision in the new API makes later reads of
+    ``cudnn.allow_tf32`` raise), through ``fp32_precision`` (matmul, conv and RNN alike)
+    when the process already chose the new API, which then refuses legacy reads.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the flags are deprecated in favour of fp32_precision
-        old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
+    legacy = _legacy_tf32()
+    if legacy is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the flags are deprecated in favour of fp32_precision
+            torch.backends.cuda.matmul.allow_tf32 = enabled
+            torch.backends.cudnn.allow_tf32 = enabled
+        try:
+            yield
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
+        return
+    knobs = _precision_api()
+    old = [getattr(k, a) for k, a in knobs]
+    for k, a in knobs:
+        setattr(k, a, "tf32" if enabled else "ieee")
     try:
         yield
     finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+        for (k, a), value in zip(knobs, old):
+            setattr(k, a, value)
 
 
 def _device_name(device: torch.device) -> str:
@@ -602,11 +632,12 @@ def _measure_interleaved(
                 fns, device=device, warmup=warmup, repeat=repeat, max_time_s=max_time_s
             ))
             peaks = [peak_memory_mib(fn, device) for fn in fns]
-        except (RuntimeError, ValueError) as err:  # CUDA OOM, solver failure, ...
-            timings, peaks = [None] * len(fns), [None] * len(fns)
-            note = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
-            if device.type == "cuda":
+        except (RuntimeError, ValueError):  # CUDA OOM, solver failure, ...: one at a time,
+            if device.type == "cuda":      # so that only the failing subject is marked
                 torch.cuda.empty_cache()
+            for subject in subjects:
+                results += _measure_subject(case, subject, device, warmup, repeat, max_time_s)
+            continue
         for subject, timing, peak in zip(subjects, timings, peaks):
             fwd_err = grad_err = None
             if subject.accuracy is not None:

@@ -347,6 +347,24 @@ class TensorBatches:
         self.epoch = int(state["epoch"])
 
 
+class _SeededItems(torch.utils.data.Dataset):
+    """``dataset[i]`` with torch's RNG seeded from ``(seed, epoch, i)`` for the call, so a
+    sample's random augmentation depends on nothing else: not on the rank that loads it, the
+    worker, the order or a resume (and two ranks never share draws)."""
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        key = (self.seed * 1_000_003 + self.epoch) * 2_147_483_647 + int(index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key % (2**63 - 1))
+            return self.dataset[index]
+
+
 class _RankSlices(torch.utils.data.Sampler):
     """Index batches of one rank: each shuffled global batch of ``batch_size``, split into
     ``world_size`` parts with ``tensor_split``, gives the rank its part; global batches with
@@ -410,6 +428,10 @@ class LoaderBatches:
         self.generator.manual_seed(int(seed))
         self.epoch = 0
         self.per_rank = world_size > 1
+        # training data: per-sample seeded augmentation (see _SeededItems)
+        self._items = _SeededItems(dataset, seed) if shuffle else None
+        if self._items is not None:
+            dataset = self._items
         batching: dict[str, Any] = {"batch_size": batch_size, "shuffle": shuffle}
         if self.per_rank:
             batching = {"batch_sampler": _RankSlices(
@@ -422,8 +444,7 @@ class LoaderBatches:
             num_workers=num_workers,
             generator=self.generator,
             pin_memory=self.device.type == "cuda",
-            # fresh workers each epoch: their seeds come from the checkpointed generator,
-            # so a resumed run augments exactly as an uninterrupted one
+            # fresh workers each epoch: they pick up the epoch that seeds the augmentation
             persistent_workers=False,
         )
 
@@ -436,6 +457,8 @@ class LoaderBatches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         self.epoch += 1
+        if self._items is not None:
+            self._items.epoch = self.epoch  # read by the workers started for this epoch
         nb = self.device.type == "cuda"
         for xb, yb in self.loader:
             yield xb.to(self.device, non_blocking=nb), yb.to(self.device, non_blocking=nb)

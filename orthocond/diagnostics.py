@@ -173,10 +173,11 @@ def find_meta_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def _disarm(layers: list[nn.Module]) -> None:
+def _disarm(layers: list[nn.Module], owner: object) -> None:
     for m in layers:
-        m.capture_covariance = False
-        m.captured_covariance = None
+        if getattr(m, "_capture_owner", None) is owner:
+            m.capture_covariance = False
+            m.captured_covariance = None
 
 
 def find_pre_svd_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -317,9 +318,13 @@ class ConditionMonitor:
         self._jsonl = None
         if jsonl is not None:
             self._jsonl = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        # The layers remember which monitor armed them last: a monitor dropped without
+        # close() disarms only the layers still its own, never those a newer monitor armed.
+        self._owner_token = object()
         self._arm(True)
-        # a monitor dropped without close() must not leave the layers capturing
-        weakref.finalize(self, _disarm, [m for _, m in self.meta_layers])
+        self._finalizer = weakref.finalize(
+            self, _disarm, [m for _, m in self.meta_layers], self._owner_token
+        )
 
     # ---------------------------------------------------------------- capture control
     @staticmethod
@@ -346,6 +351,7 @@ class ConditionMonitor:
         for _, m in self.meta_layers:
             m.capture_covariance = bool(on) and not self._paused
             m.captured_covariance = None
+            m._capture_owner = self._owner_token
 
     @property
     def will_record(self) -> bool:
@@ -555,9 +561,8 @@ class ConditionMonitor:
 
     def close(self) -> None:
         """Turn capture off for good, close the JSONL stream and a writer it created."""
-        for _, m in self.meta_layers:
-            m.capture_covariance = False
-            m.captured_covariance = None
+        self._finalizer.detach()
+        _disarm([m for _, m in self.meta_layers], self._owner_token)
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None

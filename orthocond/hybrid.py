@@ -191,8 +191,9 @@ class HybridSwitch:
         self.switched_at: int | None = None
         self.previous: dict[str, tuple[str, str, int | None]] = {}
 
-    def _apply(self) -> int:
-        self.previous = meta_layer_methods(self.model, self.types)
+    def _apply(self, record: bool = True) -> int:
+        if record:  # not when re-applying over a switch: keep the pre-switch settings
+            self.previous = meta_layer_methods(self.model, self.types)
         return set_meta_layer_method(
             self.model, self.method, backward=self.backward, iters=self.iters, types=self.types
         )
@@ -241,12 +242,13 @@ class HybridSwitch:
         self.method = state["method"]
         self.backward = state["backward"]
         self.iters = state["iters"]
-        if self.switched and not state["switched"]:
+        was_switched = self.switched
+        if was_switched and not state["switched"]:
             self._undo()
         self.switched = state["switched"]
         self.switched_at = state["switched_at"] if self.switched else None
         if self.switched:
-            self._apply()
+            self._apply(record=not was_switched)
 
     def _undo(self) -> None:
         """Give every layer switched by :meth:`_apply` its settings from before the switch."""

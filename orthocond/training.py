@@ -132,7 +132,9 @@ _TASK_DEFAULTS = {
     "dbn": {"lr": 0.1, "weight_decay": 5e-4, "method": "eig", "eps": 1e-2},
     "gcp": {"lr": 0.1, "weight_decay": 1e-4, "method": "ns", "eps": 0.0},
 }
-_CKPT_VERSION = 1
+# 2: eps None = the task's default (v1 stored 1e-2 for every task, but the GCP head got 0);
+# ONI/OWN centring "auto" (v1 runs centred every stem)
+_CKPT_VERSION = 2
 CHECKPOINT_NAME = "checkpoint.pt"
 LANDSCAPE_NAME = "landscape.json"
 
@@ -363,6 +365,11 @@ class TrainConfig:
         le = self.landscape_every
         if isinstance(le, bool) or not isinstance(le, int) or le < 0:
             raise ValueError(f"landscape_every must be an int >= 0 (0 = off), got {le!r}")
+        if self.olr and self.ortho == "hard":
+            raise ValueError(
+                "olr with ortho='hard': the optimizer trains geotorch's coordinates around a "
+                "fixed base, not the weight that OLR's step-size formula assumes; use one of them"
+            )
         if self.ortho == "soc" and self.task != "dbn":
             raise ValueError(
                 "ortho='soc' (SOC stem) is only available for task='dbn': the GCP Pre-SVD "
@@ -687,9 +694,26 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("version") != _CKPT_VERSION:
+    if not isinstance(state, dict) or state.get("version") not in (1, _CKPT_VERSION):
         raise ValueError(f"{str(path)!r} is not an orthocond checkpoint (version {_CKPT_VERSION})")
+    if state["version"] == 1:
+        _migrate_v1(state, path)
     return state
+
+
+def _migrate_v1(state: dict[str, Any], path: Path) -> None:
+    """Bring a version-1 checkpoint's config to what that run actually used."""
+    config = state["config"]
+    if config.get("ortho") in ("oni", "own"):
+        raise ValueError(
+            f"{str(path)!r} is a version-1 checkpoint of an {config['ortho']} run, whose "
+            "centred parametrisation this version no longer builds by default (centering is "
+            "'auto' now); rebuild the model with orthocond.ortho."
+            f"{config['ortho']}(module, centering=True) and load state['model'] yourself"
+        )
+    if config.get("task") == "gcp":
+        config["eps"] = 0.0  # v1 recorded 1e-2 but never passed it to the GCP head
+    state["version"] = _CKPT_VERSION
 
 
 def _rng_state() -> dict[str, Any]:
@@ -819,6 +843,11 @@ class Trainer:
         self.ddp = _ddp_active()
         self.rank = dist.get_rank() if self.ddp else 0
         self.world_size = dist.get_world_size() if self.ddp else 1
+        if cfg.batch_size < self.world_size:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is the global batch and must give each of the "
+                f"{self.world_size} processes at least one sample"
+            )
         if self.ddp and self.device.type == "cuda":
             env = distributed_env()
             self.device = torch.device("cuda", env[2] if env is not None else torch.cuda.current_device())
@@ -1229,6 +1258,7 @@ def _check_same_run(cfg: TrainConfig, saved: TrainConfig) -> None:
     """ValueError unless ``cfg`` describes the run of ``saved`` (``epochs``, ``device`` and
     output options may differ; a treatment name is compared through its meaning)."""
     mine, theirs = cfg.to_dict(), saved.to_dict()
+    mine["eps"], theirs["eps"] = cfg.resolved()["eps"], saved.resolved()["eps"]  # None = default
     diff = sorted(k for k in mine if k not in _RESUME_FREE and mine[k] != theirs[k])
     if diff:
         raise ValueError(

@@ -411,3 +411,17 @@ def test_step_suite_is_timed_interleaved():
     assert {r.method for r in rows} == {"sgd", "nog-svd+olr", "nog-ns+olr"}
     assert len({r.timing.repeat for r in rows}) == 1
     assert all("sgd" in r.ratios for r in rows if r.method != "sgd")
+
+
+def test_bench_works_when_the_process_chose_the_new_tf32_api():
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip("torch < 2.9 has no fp32_precision API")
+    old = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"
+        report = bench.run_bench(["nog"], device="cpu", quick=True, repeat=2, warmup=1)
+        assert report.results and report.meta["tf32"]["matmul"] == "ieee"  # off inside the run
+        assert matmul.fp32_precision == "tf32"  # and restored after it
+    finally:
+        matmul.fp32_precision = old

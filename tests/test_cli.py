@@ -132,6 +132,8 @@ def test_train_smoke_writes_everything_and_resumes(tmp_path, capsys):
     assert "already exists; pass --resume" in capsys.readouterr().err
     assert main(["train", *SMALL, "--out", str(out), "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["label"] == "vanilla"
+    events = list((out / "tb").glob("events.out.tfevents.*")) if (out / "tb").exists() else []
+    assert len(events) <= 1  # the previous run's TensorBoard events are gone
 
 
 def test_train_user_errors(tmp_path, capsys):

@@ -301,3 +301,41 @@ def test_loader_batches_give_each_rank_its_slice_of_every_global_batch():
     assert not single.per_rank and len(single) == 3
     with pytest.raises(ValueError, match="rank"):
         LoaderBatches(data, 8, rank=2, world_size=2)
+
+
+class _RandomItems(torch.utils.data.Dataset):
+    """Stands for ImageFolder + random augmentation: item i is (a draw of torch's RNG, i);
+    counts the items each instance loads."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.loaded = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        self.loaded += 1
+        return torch.rand(1), i
+
+
+def test_per_sample_augmentation_does_not_depend_on_rank_or_workers():
+    from orthocond.data import LoaderBatches
+
+    def draws(**kw):
+        data = _RandomItems(16)
+        torch.manual_seed(0)  # every rank seeds its global RNG alike
+        out = {}
+        for x, y in LoaderBatches(data, 8, seed=3, **kw):
+            out.update(zip(y.tolist(), x[:, 0].tolist()))
+        return out, data.loaded
+
+    single, loaded = draws()
+    assert loaded == 16
+    ranks = [draws(rank=r, world_size=2) for r in range(2)]
+    assert [n for _, n in ranks] == [8, 8]  # each rank loads only its slice
+    merged = {**ranks[0][0], **ranks[1][0]}
+    assert merged.keys() == single.keys()
+    assert all(merged[i] == pytest.approx(single[i]) for i in single)  # same draw per sample
+    assert len({round(v, 6) for v in merged.values()}) == 16  # and no two samples share one
+    with_workers, _ = draws(num_workers=2)
+    assert all(with_workers[i] == pytest.approx(single[i]) for i in single)

@@ -208,3 +208,9 @@ def test_rollback_to_a_pre_switch_state_restores_the_layers():
     switch.load_state_dict(before)
     assert not switch.switched and meta_layer_methods(model)["0"] == ("ns", "exact", 5)
     assert not switch.on_epoch_start(1) and switch.on_epoch_start(2)
+    # a switched state loaded twice, then the rollback: still the pre-switch settings
+    after = switch.state_dict()
+    switch.load_state_dict(after)
+    switch.load_state_dict(after)
+    switch.load_state_dict(before)
+    assert meta_layer_methods(model)["0"] == ("ns", "exact", 5)

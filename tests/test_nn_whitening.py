@@ -354,6 +354,9 @@ def test_eval_cache_never_serves_a_swapped_buffer():
     # plain assignment of a new buffer tensor too
     m.running_cov = torch.eye(8).unsqueeze(0) * 4.0
     torch.testing.assert_close(m(x), x / (4 + 1e-5) ** 0.5, atol=1e-5, rtol=1e-5)
+    # and new storage behind the same tensor object (`.data =` keeps the version counter)
+    m.running_cov.data = torch.eye(8).unsqueeze(0) * 9.0
+    torch.testing.assert_close(m(x), x / (9 + 1e-5) ** 0.5, atol=1e-5, rtol=1e-5)
 
 
 def test_eval_under_inference_mode_and_then_with_gradients():

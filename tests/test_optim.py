@@ -690,24 +690,29 @@ def test_a_second_nog_or_olr_on_the_same_parameters_is_refused():
     optim.OLR(opt, [W])
 
 
-def test_olr_leaves_an_lr_loaded_after_a_failed_step_alone():
+@pytest.mark.parametrize("tensor_lr", [False, True])
+def test_olr_leaves_an_lr_loaded_after_a_failed_step_alone(tensor_lr):
     W, X = _quadratic()
-    opt = torch.optim.SGD([{"params": [W]}], lr=1.0)
+    lr = torch.tensor(100.0) if tensor_lr else 100.0  # above eta*, so OLR lowers it
+    opt = torch.optim.Adam([{"params": [W]}], lr=lr)
     olr = optim.OLR(opt, [W])
-    ckpt = {**opt.state_dict(), "param_groups": [{**opt.state_dict()["param_groups"][0], "lr": 0.01}]}
+    ckpt = opt.state_dict()
+    ckpt["param_groups"][0]["lr"] = torch.tensor(0.01) if tensor_lr else 0.01
 
-    def failing():
-        opt.zero_grad()
-        (X @ W.T).square().mean().backward()
+    def fail(optimizer, args, kwargs):  # runs after OLR's pre-hook set eta*: step never runs
         raise RuntimeError("out of memory (simulated)")
 
-    with pytest.raises(RuntimeError):
-        opt.step(failing)
+    (X @ W.T).square().mean().backward()
+    handle = opt.register_step_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="simulated"):
+        opt.step()
+    handle.remove()
+    assert float(opt.param_groups[0]["lr"]) < 100.0  # eta* left in place by the failed step
     opt.load_state_dict(ckpt)
     opt.zero_grad()
     (X @ W.T).square().mean().backward()
     opt.step()
-    assert opt.param_groups[0]["lr"] == 0.01
+    assert float(opt.param_groups[0]["lr"]) == pytest.approx(0.01)
     assert olr.last_lr[0] <= 0.01
 
 

@@ -431,3 +431,15 @@ def test_a_dropped_monitor_stops_the_capture():
     del mon
     gc.collect()
     assert not model[0].capture_covariance and model[0].captured_covariance is None
+    # a newer monitor keeps its capture when an older one (closed or not) goes away
+    old = ConditionMonitor(model)
+    old.close()
+    mon = ConditionMonitor(model)
+    older = ConditionMonitor(torch.nn.Sequential(model))
+    new = ConditionMonitor(model)
+    del old, older
+    gc.collect()
+    assert model[0].capture_covariance
+    new.close()
+    assert not model[0].capture_covariance
+    del mon

@@ -80,7 +80,8 @@ def test_train_under_torchrun_two_cpu_processes(tmp_path: Path) -> None:
 
 
 @gloo
-def test_imagefolder_under_torchrun_each_rank_loads_its_slice(tmp_path: Path) -> None:
+def test_imagefolder_under_torchrun(tmp_path: Path) -> None:
+    # that each rank loads only its slice: tests/test_data.py (per-sample augmentation test)
     pil = pytest.importorskip("PIL.Image")
     import numpy as np
 

@@ -98,7 +98,9 @@ def test_config_defaults_follow_the_papers():
     assert [round(m, 9) for m in gcp["milestones"]] == [30, 45, 60]
     assert gcp["reduced_channels"] == 256
     assert TrainConfig(treatment="nog-grad+olr").label == "nog-grad+olr"
-    assert TrainConfig(nog="svd", olr="paper", ortho="hard").label == "nog+olr+hard"
+    assert TrainConfig(nog="svd", olr="paper", ortho="soc").label == "nog+olr+soc"
+    with pytest.raises(ValueError, match="geotorch"):
+        TrainConfig(olr="paper", ortho="hard")
     cfg = TrainConfig(milestones=[1, 2])
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -510,3 +512,22 @@ def test_no_weight_decay_on_geotorch_coordinates(tiny_data):
         opt, _, _ = build_optimizer(cfg, build_model(cfg, tiny_data))
         assert opt.param_groups[0]["weight_decay"] == decay, kind
         assert opt.param_groups[1]["weight_decay"] == 5e-4
+
+
+def test_version_1_checkpoints_load_as_the_runs_they_were(tmp_path, tiny_data):
+    cfg = TrainConfig(task="gcp", epochs=1, **TINY)
+    train(cfg, out=tmp_path, data=tiny_data, log=lambda m: None)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["version"] == 2
+    state["version"], state["config"]["eps"] = 1, 0.01  # as version 1 wrote it
+    save_checkpoint(state, tmp_path / "v1.pt")
+    migrated = load_checkpoint(tmp_path / "v1.pt")
+    assert migrated["version"] == 2 and migrated["config"]["eps"] == 0.0
+    state["config"]["ortho"] = "oni"
+    save_checkpoint(state, tmp_path / "v1oni.pt")
+    with pytest.raises(ValueError, match="centering=True"):
+        load_checkpoint(tmp_path / "v1oni.pt")
+    # resuming compares eps by its meaning: None (the task default) == the default's value
+    resumed = train(cfg.replace(eps=0.0, epochs=2), out=tmp_path, data=tiny_data, resume=True,
+                    log=lambda m: None)
+    assert resumed.epochs_completed == 2

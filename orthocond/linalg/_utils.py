@@ -26,7 +26,8 @@ def set_value_checks(enabled: bool) -> None:
     The check (``ValueError`` for a non-finite input) reads a value back from the device:
     one host synchronisation per meta-layer call. A GPU training loop that wants none (or
     captures CUDA graphs) can turn it off; the layers then return NaN for NaN input, as
-    PyTorch's own layers do. It is always skipped while ``torch.compile`` traces and while a
+    PyTorch's own layers do. The ``"ns"`` and ``"mpa"`` methods then run without any host
+    synchronisation; ``"eig"`` keeps the one of cuSOLVER's error check in ``eigh``. It is always skipped while ``torch.compile`` traces and while a
     CUDA graph is being captured. Shape, dtype and argument checks stay on.
     """
     if not isinstance(enabled, bool):

@@ -321,9 +321,11 @@ class _DecorrelatedBatchNorm(nn.Module):
 
     def _cache_key(self, dtype: torch.dtype) -> tuple:
         # _version moves on every in-place write to the buffer (momentum updates, copy_,
-        # load_state_dict); the buffer itself is compared by identity (see _cached_whitening).
-        return (self.method, self.backward, self.iters, self.eps, dtype,
-                self.running_cov._version)
+        # load_state_dict), data_ptr on `.data =` assignments, which keep the version; the
+        # buffer object itself is compared by identity (see _cached_whitening).
+        cov = self.running_cov
+        return (self.method, self.backward, self.iters, self.eps, dtype, cov._version,
+                cov.data_ptr())
 
     def _cached_whitening(self, dtype: torch.dtype) -> Tensor:
         """Eval-mode (Σ_run + εI)^{-1/2}, recomputed only when its inputs change.
