@@ -12,6 +12,10 @@ detached copy of the covariance each meta-layer received,
 - ``cond_noeps/<layer>``: κ(Σ − ε I) for layers with ``eps > 0`` (FORMULAS §4
   "Metric": the conditioning of the data covariance itself; ∞ when Σ − ε I is
   singular, e.g. a 3x3 stem conv with fewer input patch dims than channels);
+- ``cond_range/<layer>``: for layers with ``eps == 0`` (a GCP head by default), κ over the
+  numerical range, λ_max over the smallest eigenvalue above d·ε_mach·λ_max: a covariance of
+  fewer positions than channels is singular (κ = ∞ at every record), and this is the spread
+  that is left to condition; the trainer reports it as its κ then;
 
 and, for every Pre-SVD module (``orthocond.models.pre_svd_modules``),
 
@@ -103,7 +107,9 @@ def covariance_condition(
 
     Returns:
         dict with ``"max"`` and ``"median"`` of κ over the matrices, ``"min_eig"`` and
-        ``"max_eig"`` (over all), and with ``eps > 0`` ``"max_noeps"``, ``"median_noeps"``.
+        ``"max_eig"`` (over all), ``"max_range"``/``"median_range"`` (κ over the numerical
+        range: λ_max over the smallest eigenvalue above d · ε_mach · λ_max, finite for a
+        rank-deficient matrix), and with ``eps > 0`` ``"max_noeps"``, ``"median_noeps"``.
         Values are ``None`` when the input is not finite or the eigensolver fails.
 
     Example::
@@ -118,7 +124,8 @@ def covariance_condition(
         )
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
         raise ValueError(f"eps must be a non-negative float, got {eps!r}")
-    keys = ["max", "median", "min_eig", "max_eig"] + (["max_noeps", "median_noeps"] if eps else [])
+    keys = ["max", "median", "min_eig", "max_eig", "max_range", "median_range"]
+    keys += ["max_noeps", "median_noeps"] if eps else []
     out: dict[str, float | None] = dict.fromkeys(keys)
     d = cov.shape[-1]
     mats = cov.detach().reshape(-1, d, d)
@@ -137,7 +144,12 @@ def covariance_condition(
     lo, hi = lam[:, 0], lam[:, -1]
     inf = torch.tensor(math.inf, dtype=torch.float64, device=lam.device)
     kappa = torch.where(lo > 0, hi / lo.clamp_min(torch.finfo(torch.float64).tiny), inf)
-    vals = [kappa.max(), kappa.median(), lo.min(), hi.max()]
+    # over the numerical range: the smallest eigenvalue above d·ε·λ_max (a rank-deficient GCP
+    # covariance, fewer positions than channels, has κ = ∞ but a finite spread on its range)
+    tol = (d * unit * hi.abs()).unsqueeze(-1)
+    lo_range = torch.where(lam > tol, lam, inf).amin(dim=-1)
+    kappa_range = torch.where(torch.isfinite(lo_range), hi / lo_range, inf)
+    vals = [kappa.max(), kappa.median(), lo.min(), hi.max(), kappa_range.max(), kappa_range.median()]
     if eps:
         lo_e, hi_e = lo - eps, hi - eps
         tol = d * unit * hi.abs()
@@ -443,6 +455,8 @@ class ConditionMonitor:
                 out[f"cond_median/{name}"] = c["median"]
             if eps:
                 out[f"cond_noeps/{name}"] = c["max_noeps"]
+            else:  # without ε a rank-deficient Σ has κ = ∞: also its spread on the range
+                out[f"cond_range/{name}"] = c["max_range"]
         for name, m in self.pre_svd:
             w = effective_weight(m)
             if w is not None:

@@ -896,8 +896,12 @@ class Trainer:
         if self.out is not None and cfg.tensorboard:
             writer = self._tensorboard_writer()
         self.monitor = ConditionMonitor(self.model, every=cfg.monitor_every, writer=writer)
+        # the headline κ: of Σ + εI, or over the numerical range when ε = 0 (a GCP head's
+        # covariance of fewer positions than channels is singular: κ = ∞ at every record)
         self.cond_key = next(
-            (f"cond/{n}" for n, _ in self.monitor.meta_layers), None
+            (f"cond/{n}" if float(getattr(m, "eps", 0.0) or 0.0) else f"cond_range/{n}"
+             for n, m in self.monitor.meta_layers),
+            None,
         )
         self.epoch = 0
         self.global_step = 0

@@ -262,3 +262,28 @@ def test_monitor_bad_arguments():
         ConditionMonitor(_dbn(), pre_svd=[nn.Linear(2, 2)])
     with pytest.raises(TypeError, match="writer"):
         ConditionMonitor(_dbn(), writer=3)
+
+
+def test_condition_over_the_numerical_range_of_a_singular_covariance():
+    from orthocond.diagnostics import covariance_condition
+
+    lam = torch.tensor([0.0, 0.0, 1e-3, 1.0, 10.0], dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    C = (Q * lam) @ Q.T
+    c = covariance_condition(C.float())
+    assert c["max"] == math.inf or c["max"] > 1e6  # singular: round-off decides
+    assert c["max_range"] == pytest.approx(1e4, rel=1e-3)  # 10 / 1e-3, the range's spread
+    full = covariance_condition(torch.diag(torch.tensor([4.0, 1.0])))
+    assert full["max_range"] == pytest.approx(4.0) and full["max"] == pytest.approx(4.0)
+
+
+def test_gcp_run_reports_a_finite_condition_number():
+    from orthocond.data import load_dataset
+    from orthocond.training import TrainConfig, Trainer
+
+    data = load_dataset("mnist", limit_train=128, limit_test=64)
+    trainer = Trainer(TrainConfig(task="gcp", epochs=1, width=4, batch_size=64, monitor_every=1,
+                                  tensorboard=False, plots=False), data=data)
+    res = trainer.fit()
+    assert res.cond_key.startswith("cond_range/")
+    assert res.cond_max is not None and 1 < res.cond_max < math.inf
