@@ -69,6 +69,9 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`corrupt`.
+#: Version of the corruption definitions; results of different versions are not comparable
+#: (2: contrast around the per-channel mean, as ImageNet-C; 1 used the whole-image mean).
+CORRUPTIONS_VERSION = 2
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "gaussian_blur", "contrast", "brightness", "jpeg")
 
 #: Severity parameters p_1 … p_5 per preset and corruption (see the module docstring).
@@ -431,7 +434,7 @@ def evaluate_corruptions(
     Returns a JSON-serialisable dict: ``clean_error`` (fraction), ``severities`` (list),
     ``errors`` ``{c: [E_{s,c} for s in severities]}`` (fractions), ``mean_errors`` ``{c:
     mean_s E_{s,c}}``, ``corruption_error`` (mean over all c, s), ``num_samples``, ``seed``,
-    ``preset``; plus the baseline keys.
+    ``preset``, ``corruptions_version`` (:data:`CORRUPTIONS_VERSION`); plus the baseline keys.
 
     Example:
         >>> gap = evaluate_corruptions(gap_model, (x_test, y_test))
@@ -493,6 +496,7 @@ def evaluate_corruptions(
         "num_samples": n,
         "seed": seed,
         "preset": preset,
+        "corruptions_version": CORRUPTIONS_VERSION,
     }
     if baseline is not None:
         result.update(mean_corruption_error(result, baseline))
@@ -532,6 +536,13 @@ def mean_corruption_error(result: Mapping[str, Any], baseline: Mapping[str, Any]
     missing = [c for c in result["errors"] if c not in baseline["errors"]]
     if missing:
         raise ValueError(f"baseline lacks the corruptions {missing}")
+    if "corruptions_version" in result or "corruptions_version" in baseline:
+        versions = (result.get("corruptions_version", 1), baseline.get("corruptions_version", 1))
+        if versions[0] != versions[1]:
+            raise ValueError(
+                f"corruptions_version differs: result {versions[0]}, baseline {versions[1]}; "
+                "re-evaluate the baseline with this version of orthocond"
+            )
     for key in ("preset", "seed"):  # other corruption parameters make the ratio meaningless
         if key in result and key in baseline and result[key] != baseline[key]:
             raise ValueError(

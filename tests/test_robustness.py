@@ -294,3 +294,12 @@ def test_contrast_leaves_a_uniform_colour_alone_and_ce_needs_the_same_corruption
     base = {**res, "preset": "imagenet"}
     with pytest.raises(ValueError, match="preset differs"):
         mean_corruption_error(res, base)
+
+
+def test_results_of_other_corruption_versions_are_not_compared():
+    res = {"clean_error": 0.1, "severities": [1], "errors": {"contrast": [0.2]},
+           "corruptions_version": 2}
+    old = {"clean_error": 0.2, "severities": [1], "errors": {"contrast": [0.4]}}  # version 1
+    with pytest.raises(ValueError, match="corruptions_version differs"):
+        mean_corruption_error(res, old)
+    assert mean_corruption_error(res, {**old, "corruptions_version": 2})["mce"] == 50.0
