@@ -43,18 +43,29 @@ def attached(optimizer: Optimizer) -> list:
     return [p for p in (r() for r in _ATTACHED.get(optimizer, ())) if p is not None]
 
 
-def closure_of(args: tuple, kwargs: dict) -> Callable[[], Any] | None:
-    """The closure passed to ``optimizer.step`` (``args[0]`` is the optimizer itself)."""
-    if "closure" in kwargs:
-        return kwargs["closure"]
-    return args[1] if len(args) > 1 else None
+def after_gradients(
+    args: tuple, kwargs: dict, action: Callable[[], None]
+) -> tuple[tuple, dict] | None:
+    """Run ``action`` once the step's gradients exist; returns the step pre-hook's result.
 
+    ``args``/``kwargs`` are those of ``optimizer.step`` as a pre-hook sees them (``args[0]``
+    is the optimizer). Without a closure the gradients are there: run now, return None. With
+    ``step(closure)`` they exist only after the optimizer calls the closure: return the
+    arguments with the closure wrapped so that ``action`` runs right after it.
+    """
+    closure = kwargs["closure"] if "closure" in kwargs else (args[1] if len(args) > 1 else None)
+    if closure is None:
+        action()
+        return None
 
-def with_closure(args: tuple, kwargs: dict, closure: Callable[[], Any]) -> tuple[tuple, dict]:
-    """``(args, kwargs)`` of ``optimizer.step`` with the closure replaced (a pre-hook's result)."""
+    def closure_then_action() -> Any:
+        loss = closure()
+        action()
+        return loss
+
     if "closure" in kwargs:
-        return args, {**kwargs, "closure": closure}
-    return (args[0], closure, *args[2:]), kwargs
+        return args, {**kwargs, "closure": closure_then_action}
+    return (args[0], closure_then_action, *args[2:]), kwargs
 
 
 def check_optimizer(optimizer: object, owner: str) -> Optimizer:

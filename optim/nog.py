@@ -13,16 +13,15 @@ from orthocond.linalg.polar import DEFAULT_POLAR_STEPS, _polar_ns, _polar_svd
 
 from ._common import (
     ParamsArg,
+    after_gradients,
     attach,
     attached,
     check_in_optimizer,
     check_optimizer,
-    closure_of,
     collect_params,
     detach,
     found_inf_of,
     grad_scale_of,
-    with_closure,
 )
 
 NOG_METHODS = ("svd", "ns")
@@ -245,18 +244,9 @@ class NOG:
         self._handle: Any = self.optimizer.register_step_pre_hook(self._hook)
 
     def _hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> Any:
-        closure = closure_of(args, kwargs)
-        if closure is None:
-            self.apply_(grad_scale_of(optimizer), found_inf_of(optimizer))
-            return None
-
-        # step(closure): the gradients exist only once the optimizer has called the closure.
-        def closure_then_nog() -> Any:
-            loss = closure()
-            self.apply_(grad_scale_of(optimizer), found_inf_of(optimizer))
-            return loss
-
-        return with_closure(args, kwargs, closure_then_nog)
+        return after_gradients(
+            args, kwargs, lambda: self.apply_(grad_scale_of(optimizer), found_inf_of(optimizer))
+        )
 
     @torch.no_grad()
     def apply_(self, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:

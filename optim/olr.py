@@ -12,15 +12,14 @@ from torch.optim import Optimizer
 
 from ._common import (
     ParamsArg,
+    after_gradients,
     attach,
     check_in_optimizer,
     check_optimizer,
-    closure_of,
     collect_params,
     detach,
     grad_scale_of,
     step_will_be_skipped,
-    with_closure,
 )
 
 OLR_MODES = ("paper", "exact")
@@ -312,18 +311,7 @@ class OLR:
 
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> Any:
         self._restore()
-        closure = closure_of(args, kwargs)
-        if closure is None:
-            self._set_lr(optimizer)
-            return None
-
-        # step(closure): the gradients exist only once the optimizer has called the closure.
-        def closure_then_olr() -> Any:
-            loss = closure()
-            self._set_lr(optimizer)
-            return loss
-
-        return with_closure(args, kwargs, closure_then_olr)
+        return after_gradients(args, kwargs, lambda: self._set_lr(optimizer))
 
     @torch.no_grad()
     def _set_lr(self, optimizer: Optimizer) -> None:
