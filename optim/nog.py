@@ -8,8 +8,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from orthocond.linalg._utils import no_autocast
-from orthocond.linalg.polar import DEFAULT_POLAR_STEPS, _polar_ns, _polar_svd
+from orthocond.linalg.polar import polar_unchecked
 
 from ._common import (
     ParamsArg,
@@ -84,8 +83,7 @@ def _orthogonalize(
     # Invalid matrices become a harmless placeholder so that polar never sees them.
     placeholder = torch.eye(X.shape[-2], X.shape[-1], dtype=work, device=X.device)
     Xn = torch.where(mask, X / safe_amax, placeholder)
-    with no_autocast(Xn.device.type):
-        R = _polar_svd(Xn, rtol) if method == "svd" else _polar_ns(Xn, steps or DEFAULT_POLAR_STEPS)
+    R = polar_unchecked(Xn, method, steps, rtol)
     if scale == "grad":
         # ||G||_F / ||R||_F, with ||G||_F = amax * ||G / amax||_F (no overflow in the norm).
         ratio = torch.linalg.matrix_norm(Xn) / torch.linalg.matrix_norm(R).clamp_min(

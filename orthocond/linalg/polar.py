@@ -142,8 +142,13 @@ def polar(
             raise ValueError(f"steps must be a positive int, got {steps!r}")
         if method != "ns":
             raise ValueError(f"steps applies to method='ns' only; got method={method!r}")
-    work = compute_dtype(G.dtype)
+    return polar_unchecked(G, method, steps, rtol)
+
+
+def polar_unchecked(G: Tensor, method: str, steps: int | None, rtol: float | None) -> Tensor:
+    """:func:`polar` without its argument and value checks (no host synchronisation): for
+    callers that have validated ``G`` and made it finite themselves (NOG)."""
     with no_autocast(G.device.type):
-        X = G.to(work)
+        X = G.to(compute_dtype(G.dtype))
         out = _polar_svd(X, rtol) if method == "svd" else _polar_ns(X, steps or DEFAULT_POLAR_STEPS)
     return out.to(G.dtype)
