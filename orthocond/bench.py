@@ -173,42 +173,10 @@ def benchmark(
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    _check_counts(warmup, repeat, max_time_s)
-    dev = _as_device(device)
-    _sync(dev)
-    per_call = None
-    for _ in range(warmup):
-        start = time.perf_counter()
-        fn()
-        _sync(dev)
-        per_call = time.perf_counter() - start  # the last warm-up call: start-up costs paid
-    if max_time_s is not None and warmup == 0:  # no warm-up: size the budget by a first call
-        start = time.perf_counter()
-        fn()
-        _sync(dev)
-        per_call = time.perf_counter() - start
-    if max_time_s is not None and per_call:
-        repeat = min(repeat, max(3, int(max_time_s / per_call)))
-    samples: list[float] = []
-    if dev.type == "cuda":
-        with torch.cuda.device(dev):
-            stream = torch.cuda.current_stream(dev)
-            events = [
-                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                for _ in range(repeat)
-            ]
-            for begin, end in events:
-                begin.record(stream)
-                fn()
-                end.record(stream)
-            torch.cuda.synchronize(dev)
-            samples = [begin.elapsed_time(end) for begin, end in events]
-    else:
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return timing_from_samples(samples)
+    # one callable timed "round-robin" is timed plainly: one timing loop serves both
+    return benchmark_interleaved(
+        [fn], device=device, warmup=warmup, repeat=repeat, max_time_s=max_time_s
+    )[0]
 
 
 def benchmark_interleaved(
