@@ -457,18 +457,29 @@ class ConditionMonitor:
                 out[f"cond_noeps/{name}"] = c["max_noeps"]
             else:  # without ε a rank-deficient Σ has κ = ∞: also its spread on the range
                 out[f"cond_range/{name}"] = c["max_range"]
+        out.update(self.weight_metrics())
         for name, m in self.pre_svd:
-            w = effective_weight(m)
-            if w is not None:
-                w = w.detach()
-                if _is_soc(m):  # orthogonal operator by construction; w is its generator A
-                    out[f"param_norm/{name}"] = float(w.double().norm())
-                else:
-                    out[f"weight_norm/{name}"] = float(w.double().norm())
-                    out[f"ortho_err/{name}"] = _ortho_error(w)
             theta = trainable_weight(m)
             if theta is not None and theta.grad is not None:
                 out[f"grad_norm/{name}"] = float(theta.grad.detach().double().norm())
+        return out
+
+    @torch.no_grad()
+    def weight_metrics(self) -> dict[str, float | None]:
+        """``weight_norm/<layer>`` and ``ortho_err/<layer>`` of the Pre-SVD layers' effective
+        weights as they are now (``param_norm/<layer>`` for a SOC layer, whose weight is the
+        generator of an operator orthogonal by construction)."""
+        out: dict[str, float | None] = {}
+        for name, m in self.pre_svd:
+            w = effective_weight(m)
+            if w is None:
+                continue
+            w = w.detach()
+            if _is_soc(m):
+                out[f"param_norm/{name}"] = float(w.double().norm())
+            else:
+                out[f"weight_norm/{name}"] = float(w.double().norm())
+                out[f"ortho_err/{name}"] = _ortho_error(w)
         return out
 
     def _emit(self, rec: dict[str, Any]) -> None:

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from . import linalg
 from .data import DATASETS, DataSplits, load_dataset
-from .diagnostics import ConditionMonitor, _is_soc, _ortho_error, effective_weight, jsonable
+from .diagnostics import ConditionMonitor, jsonable
 
 __all__ = [
     "TASKS",
@@ -1141,13 +1141,9 @@ class Trainer:
                     res.cond_final = math.inf
         # of the weights as they are now, not of the last record (up to monitor_every steps
         # old, and before that step's update: Cayley SGD projects at its first step)
-        for _, m in self.monitor.pre_svd:
-            w = effective_weight(m)
-            if w is None or _is_soc(m):
-                continue
-            res.ortho_err = _ortho_error(w.detach())
-            res.weight_norm = float(w.detach().double().norm())
-            break
+        now = self.monitor.weight_metrics()
+        res.ortho_err = next((v for k, v in now.items() if k.startswith("ortho_err/")), None)
+        res.weight_norm = next((v for k, v in now.items() if k.startswith("weight_norm/")), None)
         return res
 
     def _write_outputs(self, *, final: bool, result: RunResult | None = None) -> None:
