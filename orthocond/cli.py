@@ -375,7 +375,7 @@ def _print_summary(result: Any, out: Path) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import CHECKPOINT_NAME, distributed_env, train
+    from .training import CHECKPOINT_NAME, clear_run_outputs, distributed_env, train
 
     env = distributed_env()  # torchrun: rank 0 prints (and clears), the others stay silent
     cfg = _config(args, compare=False)
@@ -395,28 +395,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "--overwrite to start afresh there, or choose another --out"
         )
     if args.overwrite and not args.resume and (env is None or env[0] == 0):
-        _clear_run_folder(out)
+        clear_run_outputs(out)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     result = train(cfg, out=out, resume=args.resume, progress=not args.quiet, log=log,
                    sync_bn=args.sync_bn)
     if env is None or env[0] == 0:
         _print_summary(result, out)
     return 1 if result.failed else 0
-
-
-# What `orthocond train` writes into --out (removed first by --overwrite, so that no file of
-# the previous run survives next to the new one: TensorBoard would merge the two runs).
-_RUN_OUTPUTS = ("checkpoint.pt", "metrics.jsonl", "steps.csv", "summary.json", "condition.png",
-                "accuracy.png", "landscape.json", "landscape.png")
-
-
-def _clear_run_folder(out: Path) -> None:
-    import shutil
-
-    for name in _RUN_OUTPUTS:
-        (out / name).unlink(missing_ok=True)
-    if (out / "tb").is_dir():
-        shutil.rmtree(out / "tb")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

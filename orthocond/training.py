@@ -85,6 +85,8 @@ __all__ = [
     "build_hybrid",
     "read_landscape",
     "plot_compare_landscape",
+    "RUN_FILES",
+    "clear_run_outputs",
 ]
 
 TASKS = ("dbn", "gcp")
@@ -137,6 +139,9 @@ _TASK_DEFAULTS = {
 _CKPT_VERSION = 2
 CHECKPOINT_NAME = "checkpoint.pt"
 LANDSCAPE_NAME = "landscape.json"
+#: Everything a run writes into its output folder (besides the TensorBoard folder tb/).
+RUN_FILES = (CHECKPOINT_NAME, "metrics.jsonl", "steps.csv", "summary.json", "condition.png",
+             "accuracy.png", LANDSCAPE_NAME, "landscape.png")
 
 
 # --------------------------------------------------------------------------- config
@@ -1265,6 +1270,18 @@ def _check_same_run(cfg: TrainConfig, saved: TrainConfig) -> None:
             "the checkpoint was written by a different configuration; differing settings: "
             + ", ".join(f"{k}={theirs[k]!r} in the checkpoint, {mine[k]!r} now" for k in diff)
         )
+
+
+def clear_run_outputs(out: Union[str, os.PathLike]) -> None:
+    """Remove what a run wrote into ``out`` (:data:`RUN_FILES` and ``tb/``), so that a fresh
+    run there leaves no file of the previous one (TensorBoard would merge the two runs)."""
+    import shutil
+
+    out = Path(out)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    if (out / "tb").is_dir():
+        shutil.rmtree(out / "tb")
 
 
 def _atomic_write(path: Path, text: str) -> None:
