@@ -539,82 +539,83 @@ def _check_shape(suite: str, dims: tuple[int, ...]) -> None:
         raise ValueError(f"suite 'zca' needs N*H*W >= 2 samples, got {'x'.join(map(str, dims))}")
 
 
+def _failure(err: Exception, what: str = "failed") -> str:
+    return f"{what}: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+
+
+def _accuracy(subject: Subject) -> tuple[float | None, float | None, str]:
+    """``(fwd err, grad err, note)`` of a subject; a failing reference is reported, not raised
+    (e.g. eigh failing to converge)."""
+    if subject.accuracy is None:
+        return None, None, ""
+    try:
+        fwd_err, grad_err = subject.accuracy()
+    except (RuntimeError, ValueError) as err:
+        return None, None, _failure(err, "accuracy failed")
+    return fwd_err, grad_err, ""
+
+
+def _time_alone(
+    fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int, max_time_s: float | None
+) -> tuple[Timing | None, float | None, str]:
+    """``(timing, peak MiB, failure note)`` of one callable; CUDA OOM, solver failures, ...
+    become a note."""
+    try:
+        timing = benchmark(fn, device=device, warmup=warmup, repeat=repeat, max_time_s=max_time_s)
+        return timing, peak_memory_mib(fn, device), ""
+    except (RuntimeError, ValueError) as err:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None, None, _failure(err)
+
+
+def _row(case: Case, subject: Subject, pass_: str, timing: Timing | None, peak: float | None,
+         accuracy: tuple[float | None, float | None, str], note: str) -> Result:
+    fwd_err, grad_err, accuracy_note = accuracy
+    target = subject.target if subject.target is not None and pass_ in subject.target.passes else None
+    return Result(
+        case.suite, case.label, case.shape, subject.name, subject.kind, pass_, timing,
+        fwd_err=fwd_err, grad_err=grad_err if pass_ != "fwd" else None, peak_mib=peak,
+        target=target, note=note or accuracy_note or case.note,
+    )  # fmt: skip
+
+
 def _measure_subject(
     case: Case, subject: Subject, device: torch.device, warmup: int, repeat: int, max_time_s: float | None
 ) -> list[Result]:
-    fwd_err = grad_err = None
-    note = ""
-    try:
-        if subject.accuracy is not None:
-            fwd_err, grad_err = subject.accuracy()
-    except (RuntimeError, ValueError) as err:  # e.g. eigh failing to converge: report, go on
-        note = f"accuracy failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+    accuracy = _accuracy(subject)
     results = []
     for pass_ in PASSES:
         fn = subject.run.get(pass_)
-        if fn is None:
-            continue
-        timing: Timing | None = None
-        peak: float | None = None
-        row_note = note
-        try:
-            timing = benchmark(fn, device=device, warmup=warmup, repeat=repeat, max_time_s=max_time_s)
-            peak = peak_memory_mib(fn, device)
-        except (RuntimeError, ValueError) as err:  # CUDA OOM, solver failure, ...
-            row_note = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        target = subject.target if subject.target is not None and pass_ in subject.target.passes else None
-        results.append(
-            Result(
-                case.suite,
-                case.label,
-                case.shape,
-                subject.name,
-                subject.kind,
-                pass_,
-                timing,
-                fwd_err=fwd_err,
-                grad_err=grad_err if pass_ != "fwd" else None,
-                peak_mib=peak,
-                target=target,
-                note=row_note or case.note,
-            )
-        )
+        if fn is not None:
+            timing, peak, note = _time_alone(fn, device, warmup, repeat, max_time_s)
+            results.append(_row(case, subject, pass_, timing, peak, accuracy, note))
     return results
 
 
 def _measure_interleaved(
     case: Case, device: torch.device, warmup: int, repeat: int, max_time_s: float | None
 ) -> list[Result]:
-    """Rows of a case whose subjects are timed round-robin, pass by pass."""
+    """Rows of a case whose subjects are timed round-robin, pass by pass; if that fails, the
+    pass's subjects are timed one at a time, so that only the failing one is marked."""
+    accuracy = {id(s): _accuracy(s) for s in case.subjects}
     results = []
     for pass_ in PASSES:
         subjects = [s for s in case.subjects if s.run.get(pass_) is not None]
         if not subjects:
             continue
         fns = [s.run[pass_] for s in subjects]
-        note = case.note
         try:
-            timings: list[Timing | None] = list(benchmark_interleaved(
+            timings = benchmark_interleaved(
                 fns, device=device, warmup=warmup, repeat=repeat, max_time_s=max_time_s
-            ))
-            peaks = [peak_memory_mib(fn, device) for fn in fns]
-        except (RuntimeError, ValueError):  # CUDA OOM, solver failure, ...: one at a time,
-            if device.type == "cuda":      # so that only the failing subject is marked
+            )
+            measured = [(t, peak_memory_mib(fn, device), "") for t, fn in zip(timings, fns)]
+        except (RuntimeError, ValueError):
+            if device.type == "cuda":
                 torch.cuda.empty_cache()
-            for subject in subjects:
-                results += _measure_subject(case, subject, device, warmup, repeat, max_time_s)
-            continue
-        for subject, timing, peak in zip(subjects, timings, peaks):
-            fwd_err = grad_err = None
-            if subject.accuracy is not None:
-                fwd_err, grad_err = subject.accuracy()
-            target = subject.target if subject.target is not None and pass_ in subject.target.passes else None
-            results.append(Result(case.suite, case.label, case.shape, subject.name, subject.kind,
-                                  pass_, timing, fwd_err=fwd_err,
-                                  grad_err=grad_err if pass_ != "fwd" else None, peak_mib=peak,
-                                  target=target, note=note))
+            measured = [_time_alone(fn, device, warmup, repeat, max_time_s) for fn in fns]
+        for subject, (timing, peak, note) in zip(subjects, measured):
+            results.append(_row(case, subject, pass_, timing, peak, accuracy[id(subject)], note))
     return results
 
 
