@@ -1,29 +1,16 @@
-"""Optimizer plug-ins that keep a Pre-SVD layer near orthogonal.
+"""The public face of orthocond's optimizer plug-ins: ``import optim; optim.NOG(...)``.
 
-- :class:`NOG`: Nearest Orthogonal Gradient (step pre-hook, gradient -> U V^T).
-- :class:`OLR`: Optimal Learning Rate for the Pre-SVD param group(s).
-- :class:`CayleySGD`, :class:`CayleyAdam`: Riemannian optimizers on the Stiefel manifold.
-
-Register NOG before OLR on the same optimizer: step hooks run in registration order.
-This package imports :mod:`orthocond`; :mod:`orthocond` never imports it.
+The implementation lives in :mod:`orthocond.optim`, which orthocond's own code imports, so a
+user's own ``optim`` package earlier on ``sys.path`` can never break orthocond's internals.
 """
 
 from __future__ import annotations
 
-from .cayley import CayleyAdam, CayleySGD
-from .nog import NOG, NOG_METHODS, NOG_SCALES, nearest_orthogonal_gradient
-from .olr import OLR, OLR_MODES, olr_exact, olr_paper, orthogonality_quartic
-
-__all__ = [
-    "NOG",
-    "NOG_METHODS",
-    "NOG_SCALES",
-    "OLR",
-    "OLR_MODES",
-    "CayleyAdam",
-    "CayleySGD",
-    "nearest_orthogonal_gradient",
-    "olr_exact",
-    "olr_paper",
-    "orthogonality_quartic",
-]
+from orthocond.optim import *  # noqa: F403
+from orthocond.optim import (  # noqa: F401
+    __all__,  # noqa: F401
+    _common,
+    cayley,
+    nog,
+    olr,
+)

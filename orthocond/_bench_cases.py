@@ -405,7 +405,7 @@ def build_step(
     model_name: str = "auto",
 ) -> Case:
     try:
-        import optim as plugins
+        from orthocond import optim as plugins
     except ImportError as err:  # the top-level ``optim`` package ships with orthocond
         raise RuntimeError(f"the step suite needs the 'optim' package (NOG, OLR): {err}") from err
 

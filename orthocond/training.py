@@ -605,7 +605,7 @@ def build_optimizer(
     weight decay on it for ``ortho="hard"`` (geotorch coordinates) -- and the NOG then OLR
     hooks. Returns ``(optimizer, {"nog": NOG|None, "olr": OLR|None},
     pre_svd_params)``."""
-    import optim as plugins
+    from orthocond import optim as plugins
 
     r = cfg.resolved()
     pre, rest = _split_params(model)

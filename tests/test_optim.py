@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import optim
-from optim.nog import _orthogonalize
+from orthocond.optim.nog import _orthogonalize
 
 DTYPES = [torch.float32, torch.float64]
 DEVICES = [

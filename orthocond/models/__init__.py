@@ -3,7 +3,8 @@ helpers that find their Pre-SVD weights (``NOG(opt, pre_svd_parameters(model))``
 
 from __future__ import annotations
 
-from .pre_svd import pre_svd_modules, pre_svd_parameters
+from orthocond.ortho.pre_svd import pre_svd_modules, pre_svd_parameters
+
 from .resnet import (
     ResNet,
     cifar_resnet18,

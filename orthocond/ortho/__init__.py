@@ -28,6 +28,7 @@ from .penalties import (
     srip_penalty,
     srip_schedule,
 )
+from .pre_svd import pre_svd_modules, pre_svd_parameters
 
 __all__ = [
     "ONI",
@@ -43,6 +44,8 @@ __all__ = [
     "orthogonality_error",
     "orthogonality_penalty",
     "own",
+    "pre_svd_modules",
+    "pre_svd_parameters",
     "so_penalty",
     "srip_penalty",
     "srip_schedule",

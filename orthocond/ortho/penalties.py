@@ -13,6 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from orthocond.linalg._utils import value_checks_enabled
+from orthocond.nn import SkewOrthogonalConv2d
+
+from .pre_svd import pre_svd_modules
 
 PENALTY_KINDS = ("so", "dso", "mc", "srip")
 SRIP_SCHEDULES = ("reference", "paper")
@@ -167,9 +170,6 @@ _PENALTIES = {"so": so_penalty, "dso": dso_penalty, "mc": mc_penalty, "srip": sr
 
 def _weights_of(params_or_model: Union[nn.Module, Tensor, Iterable[Tensor]]) -> list[Tensor]:
     if isinstance(params_or_model, nn.Module):
-        from orthocond.models import pre_svd_modules  # lazy: models sit above ortho
-        from orthocond.nn import SkewOrthogonalConv2d
-
         weights = []
         for module in pre_svd_modules(params_or_model):
             if isinstance(module, SkewOrthogonalConv2d):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from orthocond.ortho import trainable_tensor
+from .constraints import trainable_tensor
 
 __all__ = ["pre_svd_modules", "pre_svd_parameters"]
 
