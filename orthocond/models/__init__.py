@@ -1,10 +1,11 @@
-"""Model builders: ResNets with decorrelated BN (CIFAR) or a GCP head (ImageNet), and the
-helpers that find their Pre-SVD weights (``NOG(opt, pre_svd_parameters(model))``)."""
+"""Model builders: ResNets with decorrelated BN (CIFAR) or a GCP head (ImageNet), digit
+generators (DCGAN- and EigenGAN-style) with a discriminator, and the helpers that find their Pre-SVD weights (``NOG(opt, pre_svd_parameters(model))``)."""
 
 from __future__ import annotations
 
 from orthocond.ortho.pre_svd import pre_svd_modules, pre_svd_parameters
 
+from .generators import DCGANGenerator, Discriminator, EigenGenerator, SubspaceLayer
 from .resnet import (
     ResNet,
     cifar_resnet18,
@@ -16,6 +17,10 @@ from .resnet import (
 )
 
 __all__ = [
+    "DCGANGenerator",
+    "Discriminator",
+    "EigenGenerator",
+    "SubspaceLayer",
     "ResNet",
     "cifar_resnet18",
     "cifar_resnet34",

@@ -17,6 +17,7 @@ from .constraints import (
     own,
     trainable_tensor,
 )
+from .latent import HESSIAN_REDUCTIONS, hessian_penalty, ol_penalty
 from .penalties import (
     PENALTY_KINDS,
     SRIP_SCHEDULES,
@@ -31,6 +32,9 @@ from .penalties import (
 from .pre_svd import pre_svd_modules, pre_svd_parameters
 
 __all__ = [
+    "HESSIAN_REDUCTIONS",
+    "hessian_penalty",
+    "ol_penalty",
     "ONI",
     "OWN",
     "PENALTY_KINDS",
