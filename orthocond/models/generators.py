@@ -1,4 +1,5 @@
-"""Generators and a discriminator for 28x28 digits (latent disentanglement, TPAMI 2023).
+"""Generators and a discriminator for 28x28 digits (latent disentanglement, TPAMI 2023);
+the DCGAN pair also builds 16 to 256-pixel images (``image_size``) for the paper's setting.
 
 Two generators, each with the layer the optimizer plug-ins act on marked ``is_pre_svd``
 (so :func:`orthocond.ortho.pre_svd_parameters` finds it, like the ResNets' stem):
@@ -44,16 +45,34 @@ def _upsample(cin: int, cout: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False)
 
 
+def _ladder(image_size: int) -> tuple[int, int]:
+    """(base size, number of stride-2 stages) of a square image size."""
+    if not isinstance(image_size, int) or isinstance(image_size, bool):
+        raise TypeError(f"image_size must be an int, got {type(image_size).__name__}")
+    if image_size == IMAGE_SIZE:
+        return _BASE, 2
+    if image_size in (16, 32, 64, 128, 256):
+        return 4, image_size.bit_length() - 3
+    raise ValueError(f"image_size must be 28 or a power of two in [16, 256], got {image_size}")
+
+
 class DCGANGenerator(nn.Module):
-    """DCGAN-style generator of ``(B, out_channels, 28, 28)`` images in [0, 1].
+    """DCGAN-style generator of ``(B, out_channels, image_size, image_size)`` images in [0, 1].
+
+    ``z`` → ``ConvTranspose2d(latent_dim, c_0, base)`` on a 1x1 map (the marked layer; base 7
+    for 28-pixel digits, 4 for powers of two) → BN, ReLU → stride-2 ``ConvTranspose2d(4, 2, 1)``
+    stages halving the channels down to ``width`` (each followed by BN, ReLU) → a last
+    stride-2 ``ConvTranspose2d`` to ``out_channels`` → sigmoid. ``c_0 = width·2^(stages-1)``:
+    for 28x28 that is ``2·width`` at 7x7, ``width`` at 14x14.
 
     Args:
         latent_dim (int): size of ``z``. Default 10.
-        width (int): channels of the 14x14 stage (the 7x7 stage has ``2·width``). Default 32.
+        width (int): channels of the last hidden stage. Default 32.
         out_channels (int): image channels. Default 1.
+        image_size (int): 28 (default) or 16, 32, 64, 128, 256.
 
     Attributes:
-        project (nn.ConvTranspose2d): the first layer, ``weight (latent_dim, 2w, 7, 7)``,
+        project (nn.ConvTranspose2d): the first layer, ``weight (latent_dim, c_0, base, base)``,
             marked ``is_pre_svd = True``.
         latent_dim (int)
 
@@ -65,22 +84,24 @@ class DCGANGenerator(nn.Module):
         True
     """
 
-    def __init__(self, latent_dim: int = 10, width: int = 32, out_channels: int = 1) -> None:
+    def __init__(
+        self, latent_dim: int = 10, width: int = 32, out_channels: int = 1, image_size: int = 28
+    ) -> None:
         super().__init__()
         check_int(latent_dim, "latent_dim")
         check_int(width, "width")
         check_int(out_channels, "out_channels")
+        base, stages = _ladder(image_size)
         self.latent_dim = latent_dim
-        self.project = nn.ConvTranspose2d(latent_dim, 2 * width, _BASE, bias=False)
+        self.image_size = image_size
+        channels = [width * 2 ** (stages - 1 - i) for i in range(stages)]
+        self.project = nn.ConvTranspose2d(latent_dim, channels[0], base, bias=False)
         self.project.is_pre_svd = True
-        self.body = nn.Sequential(
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(inplace=True),
-            _upsample(2 * width, width),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(width, out_channels, 4, stride=2, padding=1),
-        )
+        layers: list[nn.Module] = [nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
+        for cin, cout in zip(channels, channels[1:]):
+            layers += [_upsample(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        layers.append(nn.ConvTranspose2d(channels[-1], out_channels, 4, stride=2, padding=1))
+        self.body = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
         z = _check_latent(z, self.latent_dim)
@@ -93,7 +114,9 @@ class SubspaceLayer(nn.Module):
     ``weight`` (the basis :math:`U`, Tensor[dims, C·H·W], row :math:`j` is :math:`u_j`) is
     initialised with orthonormal rows and marked for NOG/OLR (``is_pre_svd = True``); the
     EigenGAN ``ol`` baseline keeps it orthonormal with a soft loss instead. ``scale`` holds
-    :math:`l` (initialised to 1), ``shift`` holds :math:`\mu` (initialised to 0).
+    :math:`l`, initialised to :math:`\sqrt{C H W}` so that a unit :math:`z_j` moves each
+    entry of the map by about 1, as much as the (batch-normalised) features it is added to;
+    ``shift`` holds :math:`\mu` (initialised to 0).
 
     Args:
         dims (int): latent dimensions of the subspace.
@@ -120,7 +143,7 @@ class SubspaceLayer(nn.Module):
         if dims > size:
             raise ValueError(f"dims ({dims}) must be at most C·H·W ({size})")
         self.weight = nn.Parameter(nn.init.orthogonal_(torch.empty(dims, size)))
-        self.scale = nn.Parameter(torch.ones(dims))
+        self.scale = nn.Parameter(torch.full((dims,), float(size) ** 0.5))
         self.shift = nn.Parameter(torch.zeros(size))
 
     def forward(self, z: Tensor) -> Tensor:
@@ -204,37 +227,45 @@ class EigenGenerator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Small DCGAN discriminator: ``(B, C, 28, 28)`` → one logit per image ``(B,)``.
+    """DCGAN discriminator: ``(B, C, S, S)`` images → one logit per image ``(B,)``.
 
-    ``Conv(C, w, 4, 2, 1)`` (14x14) → LeakyReLU(0.2) → ``Conv(w, 2w, 4, 2, 1)`` (7x7) → BN →
-    LeakyReLU(0.2) → ``Linear(2w·49, 1)``.
+    Stride-2 ``Conv2d(4, 2, 1)`` stages from ``S`` down to the generator's base size (7 for
+    28-pixel digits, 4 for powers of two), channels ``width, 2·width, ...``, LeakyReLU(0.2),
+    BN on all but the first, then ``Linear(·, 1)``. For 28x28: 14x14x``width`` →
+    7x7x``2·width`` → logit.
 
     Args:
         width (int): channels of the first conv. Default 32.
         in_channels (int): image channels. Default 1.
+        image_size (int): 28 (default) or 16, 32, 64, 128, 256.
 
     Example:
         >>> Discriminator(width=8)(torch.rand(5, 1, 28, 28)).shape
         torch.Size([5])
     """
 
-    def __init__(self, width: int = 32, in_channels: int = 1) -> None:
+    def __init__(self, width: int = 32, in_channels: int = 1, image_size: int = 28) -> None:
         super().__init__()
         check_int(width, "width")
         check_int(in_channels, "in_channels")
+        base, stages = _ladder(image_size)
         self.in_channels = in_channels
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, width, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.LeakyReLU(0.2),
-            nn.Flatten(),
-            nn.Linear(2 * width * _BASE * _BASE, 1),
-        )
+        self.image_size = image_size
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i in range(stages):
+            cout = width * 2**i
+            layers.append(nn.Conv2d(cin, cout, 4, stride=2, padding=1, bias=i == 0))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.LeakyReLU(0.2))
+            cin = cout
+        layers += [nn.Flatten(), nn.Linear(cin * base * base, 1)]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input(x, "Discriminator", (4,), self.in_channels, "(B, C, 28, 28)")
-        if tuple(x.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"x must be (B, C, 28, 28) images, got {tuple(x.shape)}")
+        check_input(x, "Discriminator", (4,), self.in_channels, "(B, C, S, S)")
+        size = self.image_size
+        if tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(f"x must be (B, C, {size}, {size}) images, got {tuple(x.shape)}")
         return self.net(x).squeeze(1)

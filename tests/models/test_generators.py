@@ -61,6 +61,7 @@ def test_subspace_layer_formula():
         layer.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]]))
         layer.scale.copy_(torch.tensor([2.0, 3.0]))
         layer.shift.fill_(0.5)
+    assert torch.allclose(SubspaceLayer(3, (2, 3, 3)).scale, torch.full((3,), 18**0.5))
     out = layer(torch.tensor([[1.0, -1.0]]))
     assert torch.equal(out, torch.tensor([[[[2.5, 0.5], [0.5, -2.5]]]]))
 
@@ -78,6 +79,15 @@ def test_discriminator_shape():
     assert d(torch.rand(3, 1, 28, 28)).shape == (3,)
 
 
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_dcgan_pair_at_power_of_two_sizes(size):
+    g = DCGANGenerator(latent_dim=6, width=4, out_channels=3, image_size=size)
+    x = g(torch.randn(2, 6))
+    assert x.shape == (2, 3, size, size)
+    assert g.project.weight.shape[:2] == (6, 4 * 2 ** (size.bit_length() - 4))
+    assert Discriminator(width=4, in_channels=3, image_size=size)(x).shape == (2,)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match=r"z must have shape \(B, 8\)"):
         DCGANGenerator(latent_dim=8, width=4)(torch.randn(2, 7))
@@ -91,6 +101,8 @@ def test_bad_input():
         EigenGenerator(layers=4)
     with pytest.raises(ValueError, match="dims"):
         SubspaceLayer(10, (1, 2, 2))
+    with pytest.raises(ValueError, match="image_size"):
+        DCGANGenerator(image_size=48)
     with pytest.raises(ValueError, match="28, 28"):
         Discriminator(width=4)(torch.rand(2, 1, 32, 32))
     with pytest.raises(ValueError, match="channels"):
