@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import optim
 from orthocond.data import load_dataset
-from orthocond.diagnostics import ConditionMonitor
+from orthocond.analysis import ConditionMonitor
 from orthocond.models import cifar_resnet18, pre_svd_parameters
 
 
