@@ -67,6 +67,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from orthocond._checks import check_float, check_int, check_module
 from orthocond._io import atomic_write, jsonable
 from orthocond.nn import SkewOrthogonalConv2d
 from orthocond.nn.meta import find_meta_layers, meta_layer_mode, plain_module_name
@@ -127,8 +128,7 @@ def covariance_condition(
             "cov must be a Tensor of shape (..., d, d), got "
             f"{tuple(cov.shape) if isinstance(cov, Tensor) else type(cov).__name__}"
         )
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
-        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    check_float(eps, "eps", low=0)
     keys = ["max", "median", "min_eig", "max_eig", "max_range", "median_range"]
     keys += ["max_noeps", "median_noeps"] if eps else []
     out: dict[str, float | None] = dict.fromkeys(keys)
@@ -256,14 +256,9 @@ class ConditionMonitor:
         writer: Any = None,
         jsonl: Union[str, os.PathLike] | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
-        if max_matrices is not None and (
-            isinstance(max_matrices, bool) or not isinstance(max_matrices, int) or max_matrices < 1
-        ):
-            raise ValueError(f"max_matrices must be a positive int or None, got {max_matrices!r}")
+        check_module(model)
+        check_int(every, "every")
+        check_int(max_matrices, "max_matrices", allow_none=True)
         self.model = model
         self.every = every
         self.max_matrices = max_matrices

@@ -27,7 +27,7 @@ and copied back afterwards, so the running statistics are frozen (this works for
 that keeps its state in buffers, ours included, without editing momenta); every module's
 ``training`` flag is restored; meta-layers' covariance capture
 (``capture_covariance``/``captured_covariance``, used by
-:class:`~orthocond.diagnostics.ConditionMonitor`) is switched off and restored; decorrelated
+:class:`~orthocond.analysis.ConditionMonitor`) is switched off and restored; decorrelated
 BN drops its cached eval whitening matrix (it is recomputed on the next eval forward); the
 global RNG state (CPU and the input's device) is forked so that dropout-like layers do not
 shift the training's random stream.
@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from orthocond._checks import check_float, check_int, check_module
 from orthocond.nn import zca_whiten
 from orthocond.nn.meta import meta_layer_mode
 from orthocond.nn.whitening import _DecorrelatedBatchNorm
@@ -126,8 +127,7 @@ def split_resnet(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     Example:
         >>> stem, rest = split_resnet(gcp_resnet18(width=8, reduced_channels=16))
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     needed = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "fc"]
     missing = [n for n in needed if not hasattr(model, n)]
     if not hasattr(model, "head") and not hasattr(model, "avgpool"):
@@ -310,11 +310,6 @@ def _per_copy_statistics(module: nn.Module, copies: int) -> Iterator[None]:
 # --------------------------------------------------------------------------- measurement
 
 
-def _check_module(m: Any, name: str) -> None:
-    if not isinstance(m, nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
-
-
 def _resolve_etas(
     etas: Sequence[float] | Tensor | None, eta_range: Sequence[float], num_steps: int
 ) -> list[float]:
@@ -322,14 +317,8 @@ def _resolve_etas(
         values = etas.tolist() if isinstance(etas, Tensor) else list(etas)
         if not values:
             raise ValueError("etas must not be empty")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise TypeError(f"etas must be real numbers, got {v!r}")
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"etas must be finite and > 0, got {v}")
-        return [float(v) for v in values]
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        return [check_float(v, "etas", low=0, low_open=True) for v in values]
+    check_int(num_steps, "num_steps")
     if len(eta_range) != 2:
         raise ValueError(f"eta_range must be (eta_min, eta_max), got {eta_range!r}")
     lo, hi = (float(v) for v in eta_range)
@@ -345,10 +334,7 @@ def _check_options(mode: Any, sign: Any, chunk_size: Any) -> None:
         raise ValueError(f"mode must be None, 'train' or 'eval', got {mode!r}")
     if sign not in (1, -1) or isinstance(sign, bool):
         raise ValueError(f"sign must be +1 or -1, got {sign!r}")
-    if chunk_size is not None and (
-        not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+    check_int(chunk_size, "chunk_size", allow_none=True)
 
 
 def _scalar_loss(loss_fn: Callable[..., Tensor], out: Tensor, target: Any) -> Tensor:
@@ -399,8 +385,8 @@ def measure_landscape(
         >>> rec = measure_landscape(stem, rest, x, labels)
         >>> rec.loss_band, rec.grad_band, rec.beta
     """
-    _check_module(stem, "stem")
-    _check_module(rest, "rest")
+    check_module(stem, "stem")
+    check_module(rest, "rest")
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim < 1 or x.shape[0] < 1:
@@ -489,12 +475,11 @@ class LandscapeProbe:
             if len(model) != 2:
                 raise ValueError(f"expected a (stem, rest) pair, got {len(model)} items")
             stem, rest = model
-            _check_module(stem, "stem")
-            _check_module(rest, "rest")
+            check_module(stem, "stem")
+            check_module(rest, "rest")
         else:
             stem, rest = split_resnet(model)
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        check_int(every, "every")
         unknown = sorted(set(options) - set(self._OPTIONS))
         if unknown:
             raise TypeError(f"unknown options {unknown}; expected some of {list(self._OPTIONS)}")
@@ -513,8 +498,7 @@ class LandscapeProbe:
 
     def due(self, step: int) -> bool:
         """Whether :meth:`maybe_measure` would measure at ``step``."""
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        check_int(step, "step", minimum=0)
         return step % self.every == 0
 
     def measure(self, x: Tensor, target: Any, step: int | None = None) -> LandscapeRecord:

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from orthocond._checks import check_module
+from orthocond._checks import check_int, check_module
 
 from .evaluate import evaluate_classifier
 
@@ -429,10 +429,8 @@ def evaluate_corruptions(
     check_module(model)
     corruptions = _check_sequence(corruptions, "corruptions", CORRUPTIONS)
     severities = _check_sequence(severities, "severities", (1, 2, 3, 4, 5))
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_int(seed, "seed", minimum=0)
+    check_int(batch_size, "batch_size")
     if preset not in _PRESETS:
         raise ValueError(f"preset must be one of {_PRESETS}, got {preset!r}")
     if (mean is None) != (std is None):

@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from orthocond._checks import check_float, check_int
+
 __all__ = ["Timing", "benchmark", "benchmark_interleaved", "peak_memory_mib", "timing_from_samples"]
 
 
@@ -57,14 +59,9 @@ def _sync(device: torch.device) -> None:
 
 
 def _check_counts(warmup: int, repeat: int, max_time_s: float | None) -> None:
-    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
-        raise ValueError(f"repeat must be a positive int, got {repeat!r}")
-    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
-    if max_time_s is not None and (
-        not isinstance(max_time_s, (int, float)) or isinstance(max_time_s, bool) or not max_time_s > 0
-    ):
-        raise ValueError(f"max_time_s must be None or a positive number of seconds, got {max_time_s!r}")
+    check_int(repeat, "repeat")
+    check_int(warmup, "warmup", minimum=0)
+    check_float(max_time_s, "max_time_s", low=0, low_open=True, allow_none=True)
 
 
 def benchmark(

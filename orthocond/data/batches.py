@@ -9,6 +9,8 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from orthocond._checks import check_int
+
 __all__ = ["LoaderBatches", "TensorBatches", "random_crop_flip", "rank_slice"]
 
 
@@ -142,8 +144,7 @@ class TensorBatches:
                 f"y must be a 1-D Tensor with one label per image ({x.shape[0]}), got "
                 f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_int(batch_size, "batch_size")
         if not isinstance(padding, int) or padding < 0:
             raise ValueError(f"padding must be a non-negative int, got {padding!r}")
         if (mean is None) != (std is None):
@@ -290,8 +291,7 @@ class LoaderBatches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_int(batch_size, "batch_size")
         _check_rank(rank, world_size)
         self.device = torch.device(device)
         self.generator = torch.Generator()

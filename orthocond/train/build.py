@@ -111,7 +111,7 @@ def build_optimizer(
 
 
 def build_hybrid(cfg: TrainConfig, model: nn.Module) -> Any:
-    """The :class:`~orthocond.hybrid.HybridSwitch` of ``cfg`` on ``model`` (meta-layers to
+    """The :class:`~orthocond.train.HybridSwitch` of ``cfg`` on ``model`` (meta-layers to
     ``eig`` with ``cfg.hybrid_backward`` at :meth:`TrainConfig.hybrid_epoch`), or None."""
     epoch = cfg.hybrid_epoch()
     if epoch is None:

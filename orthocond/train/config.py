@@ -81,7 +81,7 @@ class TrainConfig:
       protocol. ``"auto"`` is the epoch of the schedule's last lr decay
       (:meth:`hybrid_epoch`); it is an error for a schedule without one.
     - ``landscape_every``: K > 0 measures the CVPR 2020 loss landscape / gradient
-      predictiveness (:class:`~orthocond.landscape.LandscapeProbe`) after the backward
+      predictiveness (:class:`~orthocond.analysis.LandscapeProbe`) after the backward
       of every K-th step, with ``landscape_steps`` step sizes η in [0.1, 75] (default
       50, the paper's); 0 (default) is off.
     """
@@ -221,7 +221,7 @@ class TrainConfig:
                 )
 
     def schedule_kwargs(self) -> dict[str, Any]:
-        """``milestones``/``gamma`` for :func:`orthocond.schedules.lr_lambda` (``step``
+        """``milestones``/``gamma`` for :func:`orthocond.train.schedules.lr_lambda` (``step``
         only; the other epoch schedules take neither)."""
         if self.schedule != "step":
             return {}
@@ -233,7 +233,7 @@ class TrainConfig:
     def hybrid_epoch(self) -> int | None:
         """The 0-based epoch from which the hybrid switch runs ``eig`` (None: no switch).
 
-        ``"auto"``: :func:`orthocond.schedules.last_decay_epoch` for ``normal``/``step``;
+        ``"auto"``: :func:`orthocond.train.schedules.last_decay_epoch` for ``normal``/``step``;
         for ``multistep``, ⌊m⌋ of the last milestone m with 0 < m < epochs (the epoch in
         which that decay takes effect); None when the schedule has no such decay.
         """

@@ -22,7 +22,7 @@ __all__ = ["evaluate_checkpoint"]
 
 def _baseline_corruptions(baseline: Any) -> dict[str, Any]:
     """The corruption result inside ``baseline``: an :func:`evaluate_checkpoint` result
-    (its ``"corruptions"``) or an :func:`~orthocond.robustness.evaluate_corruptions`
+    (its ``"corruptions"``) or an :func:`~orthocond.analysis.evaluate_corruptions`
     result."""
     if isinstance(baseline, dict) and isinstance(baseline.get("corruptions"), dict):
         baseline = baseline["corruptions"]
@@ -51,12 +51,12 @@ def evaluate_checkpoint(
     Rebuilds the run's data (its ``dataset``, ``limit_test`` subset and normalisation) and
     model from the checkpoint's config, loads the weights and the hybrid-switch state (a
     switched run evaluates with ``eig``), and evaluates the test set in eval mode; with
-    ``corruptions``, also :func:`orthocond.robustness.evaluate_corruptions` (corruptions
+    ``corruptions``, also :func:`orthocond.analysis.evaluate_corruptions` (corruptions
     generated on the fly from ``seed``: the result is deterministic given ``seed``).
 
     Args:
         path: ``checkpoint.pt`` or the run directory holding it.
-        corruptions: names of :data:`orthocond.robustness.CORRUPTIONS` (None: clean only).
+        corruptions: names of :data:`orthocond.analysis.CORRUPTIONS` (None: clean only).
         severities: subset of 1…5 (default all).
         baseline: an earlier result of this function (or of ``evaluate_corruptions``) with
             the same corruptions and severities: adds CE, mCE, relative CE/mCE (in %).

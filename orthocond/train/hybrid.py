@@ -52,7 +52,7 @@ class HybridSwitch:
         model: the model whose meta-layers are switched.
         switch_epoch: first 0-based epoch to run with the new method (>= 0); the epoch of the
             last lr decay for the ICCV 2021 protocol, see
-            :func:`orthocond.schedules.last_decay_epoch`.
+            :func:`orthocond.train.schedules.last_decay_epoch`.
         method, backward: the new matrix function (default ``"eig"`` with ``"pade"``:
             SVD-Padé).
         iters: as in :func:`set_meta_layer_method` (default ``"keep"``).

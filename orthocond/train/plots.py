@@ -128,7 +128,7 @@ def plot_compare(results: Sequence[RunResult], out: Union[str, os.PathLike]) -> 
 
 
 def read_landscape(path: Union[str, os.PathLike]) -> list[Any]:
-    """The :class:`~orthocond.landscape.LandscapeRecord` list of a run's ``landscape.json``
+    """The :class:`~orthocond.analysis.LandscapeRecord` list of a run's ``landscape.json``
     (non-finite values, stored as null, come back as NaN)."""
     payload = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):

@@ -276,7 +276,7 @@ class Trainer:
         return (both[0] / both[1]).to(loss.dtype)
 
     def _measure_landscape(self, x: Tensor, y: Tensor) -> None:
-        """One :class:`~orthocond.landscape.LandscapeProbe` record on the current batch
+        """One :class:`~orthocond.analysis.LandscapeProbe` record on the current batch
         (after the backward, before the update; the probe leaves the model, its buffers,
         the gradients and the RNG streams as they were). An eigensolver failure on the
         perturbed features skips the record instead of failing the run."""

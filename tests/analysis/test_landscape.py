@@ -208,7 +208,7 @@ def test_plot_landscape(tmp_path):
         ({"mode": "test"}, ValueError, "mode must be"),
         ({"sign": 2}, ValueError, "sign must be"),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
-        ({"etas": [1.0, -0.5]}, ValueError, "etas must be finite and > 0"),
+        ({"etas": [1.0, -0.5]}, ValueError, "etas must be a finite float > 0"),
         ({"etas": []}, ValueError, "etas must not be empty"),
         ({"eta_range": (5.0, 1.0)}, ValueError, "eta_range"),
         ({"num_steps": 0}, ValueError, "num_steps"),

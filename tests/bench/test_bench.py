@@ -18,8 +18,8 @@ import torch
 from orthocond import bench
 from orthocond.bench import run as bench_run
 from orthocond.bench import timing as bench_timing
-from orthocond.cli import bench as bench_cli
 from orthocond.bench.cases import Target
+from orthocond.cli import bench as bench_cli
 
 ROW_KEYS = {
     "suite", "case", "shape", "method", "kind", "pass", "median_ms", "min_ms", "iqr_ms",
