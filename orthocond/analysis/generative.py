@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from orthocond._checks import check_float, check_int
 from orthocond.linalg import sqrtm
 
 __all__ = [
@@ -196,7 +197,8 @@ def digit_features(*, cache: bool = True, seed: int = 0, epochs: int = 4) -> Dig
     network is in eval mode with ``requires_grad`` off; ``.test_accuracy`` is its accuracy on
     the 1,000 test digits (about 0.97).
     """
-    from orthocond.data import _cache_dir, load_mnist
+    from orthocond.data import load_mnist
+    from orthocond.data.datasets import _cache_dir
 
     data = load_mnist()
     path = _cache_dir() / (
@@ -271,16 +273,9 @@ def fid(
 # --------------------------------------------------------------------------- latent metrics
 def _latent_dim(generator: Any, latent_dim: int | None) -> int:
     d = latent_dim if latent_dim is not None else getattr(generator, "latent_dim", None)
-    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-        raise ValueError(
-            f"latent_dim must be a positive int (or the generator's .latent_dim), got {d!r}"
-        )
-    return d
-
-
-def _pos_int(value: Any, name: str, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if d is None:
+        raise ValueError("latent_dim must be given when the generator has no .latent_dim")
+    return check_int(d, "latent_dim")
 
 
 class _EvalMode:
@@ -342,10 +337,9 @@ def perceptual_path_length(
         seed (int): seed of the latent draws (a private ``torch.Generator``).
     """
     d = _latent_dim(generator, latent_dim)
-    _pos_int(samples, "samples", 2)
-    _pos_int(batch_size, "batch_size")
-    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not 0 < epsilon < 1:
-        raise ValueError(f"epsilon must be a float in (0, 1), got {epsilon!r}")
+    check_int(samples, "samples", minimum=2)
+    check_int(batch_size, "batch_size")
+    check_float(epsilon, "epsilon", low=0, high=1, low_open=True, high_open=True)
     extractor = digit_features() if extractor is None else extractor
     g64 = copy.deepcopy(generator).double() if isinstance(generator, nn.Module) else generator
     f64 = copy.deepcopy(extractor).double()
@@ -440,12 +434,11 @@ def variation_predictability(
     d = _latent_dim(generator, latent_dim)
     if d < 2:
         raise ValueError(f"latent_dim must be at least 2 for VP (one class is trivial), got {d}")
-    _pos_int(train_pairs, "train_pairs", 2)
-    _pos_int(test_pairs, "test_pairs")
-    _pos_int(epochs, "epochs")
-    _pos_int(batch_size, "batch_size")
-    if not isinstance(shift, (int, float)) or isinstance(shift, bool) or not 0 < shift < math.inf:
-        raise ValueError(f"shift must be a finite float > 0, got {shift!r}")
+    check_int(train_pairs, "train_pairs", minimum=2)
+    check_int(test_pairs, "test_pairs")
+    check_int(epochs, "epochs")
+    check_int(batch_size, "batch_size")
+    check_float(shift, "shift", low=0, low_open=True)
     dev = _device_of(generator)
     rng = torch.Generator().manual_seed(seed)
     with _EvalMode(generator):

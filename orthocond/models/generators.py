@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from orthocond.nn._common import check_input, check_int
+from orthocond._checks import check_int
+from orthocond.nn._common import check_input
 
 __all__ = ["DCGANGenerator", "Discriminator", "EigenGenerator", "SubspaceLayer"]
 
@@ -47,8 +48,7 @@ def _upsample(cin: int, cout: int) -> nn.ConvTranspose2d:
 
 def _ladder(image_size: int) -> tuple[int, int]:
     """(base size, number of stride-2 stages) of a square image size."""
-    if not isinstance(image_size, int) or isinstance(image_size, bool):
-        raise TypeError(f"image_size must be an int, got {type(image_size).__name__}")
+    check_int(image_size, "image_size")
     if image_size == IMAGE_SIZE:
         return _BASE, 2
     if image_size in (16, 32, 64, 128, 256):

@@ -9,6 +9,8 @@ from typing import Callable, Iterable, Union
 import torch
 from torch import Tensor
 
+from orthocond._checks import check_choice, check_float, check_int
+
 from .penalties import _gram_minus_eye, as_matrix
 
 __all__ = ["HESSIAN_REDUCTIONS", "hessian_penalty", "ol_penalty"]
@@ -96,14 +98,9 @@ def hessian_penalty(
         raise TypeError("z must be a floating-point torch.Tensor")
     if z.ndim != 2 or z.shape[0] < 1:
         raise ValueError(f"z must have shape (B, d) with B >= 1, got {tuple(z.shape)}")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-        raise ValueError(f"k must be an int >= 2 (a variance needs two directions), got {k!r}")
-    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not epsilon > 0:
-        raise ValueError(f"epsilon must be a float > 0, got {epsilon!r}")
-    if epsilon == float("inf"):
-        raise ValueError("epsilon must be finite")
-    if reduction not in HESSIAN_REDUCTIONS:
-        raise ValueError(f"reduction must be one of {HESSIAN_REDUCTIONS}, got {reduction!r}")
+    check_int(k, "k", minimum=2)  # a variance needs two directions
+    check_float(epsilon, "epsilon", low=0, low_open=True)
+    check_choice(reduction, "reduction", HESSIAN_REDUCTIONS)
     center = generator(z) if output is None else output
     signs = torch.randint(0, 2, (k, *z.shape), generator=generator_rng, device="cpu")
     directions = (signs.to(device=z.device, dtype=z.dtype) * 2 - 1) * epsilon

@@ -115,6 +115,8 @@ def test_vp_chance_for_generator_ignoring_z():
 def test_vp_bad_input():
     with pytest.raises(ValueError, match="latent_dim"):
         gen.variation_predictability(lambda z: z, None)
+    with pytest.raises(TypeError, match="latent_dim"):
+        gen.variation_predictability(RegionGenerator(3), 2.5)
     with pytest.raises(ValueError, match="at least 2"):
         gen.variation_predictability(RegionGenerator(1))
     with pytest.raises(ValueError, match="shift"):

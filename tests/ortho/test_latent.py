@@ -62,7 +62,7 @@ def test_hessian_penalty_reductions_and_gradient():
 
 def test_hessian_penalty_bad_input():
     f = lambda z: z  # noqa: E731
-    with pytest.raises(ValueError, match="k must"):
+    with pytest.raises(ValueError, match="k must be >= 2"):
         hessian_penalty(f, torch.randn(2, 2), k=1)
     with pytest.raises(ValueError, match="epsilon"):
         hessian_penalty(f, torch.randn(2, 2), epsilon=0.0)
