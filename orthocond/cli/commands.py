@@ -26,7 +26,8 @@ from orthocond.train import (
     parse_treatment,
     train,
 )
-from orthocond.train.compare import slug
+from orthocond.train.compare import default_treatments, slug
+from orthocond.train.gan import format_gan_table, parse_gan_treatment
 
 from .parser import config_from_args
 
@@ -53,6 +54,8 @@ def _print_summary(result: Any, out: Path) -> None:
         f"non-finite   : loss {s.get('nonfinite_loss', 0)}, grad {s.get('nonfinite_grad', 0)}",
         f"outputs      : {out}",
     ]
+    if result.metrics:  # the task's end-of-run metrics (gan: FID, PPL, VP, κ, ortho err)
+        lines.insert(-1, "metrics      : " + ", ".join(f"{k} {fmt(v)}" for k, v in result.metrics.items()))
     print("\n".join(lines))
 
 
@@ -89,11 +92,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "without torchrun (--jobs N trains runs in parallel)"
         )
     cfg = config_from_args(args, compare=True)
-    treatments = [t.strip() for t in args.treatments.split(",") if t.strip()]
+    gan = cfg.task == "gan"
+    treatments = (
+        [t.strip() for t in args.treatments.split(",") if t.strip()]
+        if args.treatments is not None else list(default_treatments(cfg.task))
+    )  # fmt: skip
     out = Path(args.out) if args.out else Path("runs") / "compare"
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     for t in treatments:
-        parse_treatment(t)  # fail before starting any run
+        (parse_gan_treatment if gan else parse_treatment)(t)  # fail before starting any run
     grid = [cfg.replace(treatment=t) for t in treatments]
     never = set.intersection(*(set(c.ineffective_settings()) for c in grid))
     if never:
@@ -110,13 +117,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         log=log, jobs=jobs, threads=threads,
     )  # fmt: skip
     wall = time.perf_counter() - t0
-    print(format_table(rows))
+    print(format_gan_table(rows) if gan else format_table(rows))
     landscape = f", {out / 'landscape.png'}" if cfg.landscape_every and cfg.plots else ""
+    plots = (f"traversal grids: {out / 'traversals'}/<treatment>.png" if gan else
+             f"plots: {out / 'condition.png'}, {out / 'accuracy.png'}{landscape}")
     print(
         f"\n{len(results)} runs ({jobs} at a time, {threads or 'default'} thread(s) each) in "
-        f"{wall:.0f} s; table: {out / 'compare.md'}, "
-        f"{out / 'compare.json'}; plots: {out / 'condition.png'}, {out / 'accuracy.png'}"
-        f"{landscape}"
+        f"{wall:.0f} s; table: {out / 'compare.md'}, {out / 'compare.json'}; {plots}"
     )
     for r in rows:
         if r["reasons"]:

@@ -17,6 +17,7 @@ from orthocond.train import (
     TrainConfig,
 )
 from orthocond.train.config import cli_fields, task_default_text
+from orthocond.train.gan import GAN_DEFAULT_TREATMENTS, GAN_STUDY_TREATMENTS, GAN_TREATMENT_PARTS
 
 from . import argtypes
 
@@ -141,10 +142,12 @@ def build_parser(compare_preset: str | None = None) -> argparse.ArgumentParser:
     )  # fmt: skip
     groups = add_config_options(cp, compare=True)
     _run_options(groups["run"], compare=True)
-    cp.add_argument("--treatments", default=",".join(DEFAULT_TREATMENTS),
+    cp.add_argument("--treatments", default=None,
                     help="comma-separated treatments; each joins parts of "
                          f"{{{','.join(TREATMENT_PARTS)}}} with '+' "
-                         f"(default {','.join(DEFAULT_TREATMENTS)})")
+                         f"(default {','.join(DEFAULT_TREATMENTS)}); --task gan: parts of "
+                         f"{{{','.join(GAN_TREATMENT_PARTS)}}} (default "
+                         f"{','.join(GAN_DEFAULT_TREATMENTS)})")
     cp.add_argument("--seeds", type=argtypes.positive_int, default=1,
                     help="seeds per treatment (--seed, --seed+1, ...; default 1)")
     cp.add_argument("--preset", choices=tuple(COMPARE_PRESETS), default=None,
@@ -153,6 +156,9 @@ def build_parser(compare_preset: str | None = None) -> argparse.ArgumentParser:
                          "against exact/svd/taylor/pade and under OLR, NOG+OLR and a hard "
                          "orthogonal stem; eps 1e-5, lr 0.1, 1 epoch of 2048 images in "
                          "batches of 32, no augmentation, 8 seeds, --out runs/failures. "
+                         "study: the GAN latent-disentanglement study (--task gan, DCGAN, "
+                         f"treatments {','.join(GAN_STUDY_TREATMENTS)}, 8 epochs, 3 seeds, "
+                         "--out runs/gan-study; ~30 min with --jobs 1). "
                          "Options given explicitly override the preset")
     if compare_preset is not None:
         cp.set_defaults(**COMPARE_PRESETS[compare_preset])

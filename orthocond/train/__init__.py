@@ -10,6 +10,8 @@
 - :mod:`.run_dir`: checkpoints, RNG state, the run folder's files.
 - :mod:`.result`, :mod:`.compare`, :mod:`.plots`: results, the comparison grid and its figures.
 - :mod:`.evaluate`: clean and corruption accuracy of a checkpoint.
+- :mod:`.tasks`, :mod:`.gan`: what the trainer delegates per task (the classifier's loss and
+  evaluation; the GAN's discriminator step, penalties, FID/PPL/VP), GAN treatments and table.
 
 Example::
 
@@ -31,6 +33,15 @@ from .compare import COMPARE_DEFAULTS, COMPARE_PRESETS, compare
 from .config import ARCHS, TASK_DEFAULTS, TASKS, TrainConfig
 from .distributed import distributed_env
 from .evaluate import evaluate_checkpoint
+from .gan import (
+    GAN_DEFAULT_TREATMENTS,
+    GAN_STUDY_TREATMENTS,
+    GAN_TREATMENT_PARTS,
+    GanTask,
+    aggregate_gan,
+    format_gan_table,
+    parse_gan_treatment,
+)
 from .hybrid import HybridSwitch
 from .plots import plot_compare, plot_compare_landscape, plot_run, read_landscape
 from .result import RunResult, aggregate, format_table
@@ -54,6 +65,9 @@ __all__ = [
     "COMPARE_PRESETS",
     "DEFAULT_TREATMENTS",
     "FAILURE_TREATMENTS",
+    "GAN_DEFAULT_TREATMENTS",
+    "GAN_STUDY_TREATMENTS",
+    "GAN_TREATMENT_PARTS",
     "ORTHO_KINDS",
     "PENALTY_COEFFICIENT",
     "PRE_SVD_GROUP",
@@ -63,6 +77,7 @@ __all__ = [
     "TASKS",
     "TASK_DEFAULTS",
     "TREATMENT_PARTS",
+    "GanTask",
     "HybridSwitch",
     "RunResult",
     "ScheduleFactor",
@@ -70,6 +85,7 @@ __all__ = [
     "Trainer",
     "Treatment",
     "aggregate",
+    "aggregate_gan",
     "build_hybrid",
     "build_model",
     "build_optimizer",
@@ -77,12 +93,14 @@ __all__ = [
     "compare",
     "distributed_env",
     "evaluate_checkpoint",
+    "format_gan_table",
     "format_table",
     "last_decay_epoch",
     "load_checkpoint",
     "lr_lambda",
     "make_scheduler",
     "param_group",
+    "parse_gan_treatment",
     "parse_treatment",
     "plot_compare",
     "plot_compare_landscape",

@@ -14,6 +14,7 @@ from orthocond.data import DataSplits
 from orthocond.nn import meta_layer_methods
 
 from .config import TrainConfig
+from .gan import build_gan_optimizer, build_generator, parse_gan_treatment
 from .hybrid import HybridSwitch
 
 __all__ = [
@@ -46,6 +47,8 @@ def build_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
     """The model of ``cfg`` for ``data`` (classes, channels, image size), with the
     orthogonality parametrisation (hard/oni/own) applied to its Pre-SVD layers."""
     r = cfg.resolved(data.name)
+    if cfg.task == "gan":
+        return build_generator(cfg.arch, data, latent_dim=r["latent_dim"], width=r["width"])
     common = {"in_channels": data.in_channels, "width": r["width"], "backward": cfg.backward}
     if cfg.task == "dbn":
         builder = getattr(models, f"cifar_{cfg.arch}")
@@ -80,9 +83,15 @@ def build_optimizer(
     """SGD (momentum, weight decay) with the Pre-SVD parameters in a param group of their
     own, named :data:`PRE_SVD_GROUP` (find it with :func:`param_group`) -- CayleySGD with that group on the Stiefel manifold for ``ortho="cayley"``, no
     weight decay on it for ``ortho="hard"`` (geotorch coordinates) -- and the NOG then OLR
-    hooks. Returns ``(optimizer, {"nog": NOG|None, "olr": OLR|None},
+    hooks (task gan: :func:`~orthocond.train.gan.build_gan_optimizer`, Adam with the same
+    named groups). Returns ``(optimizer, {"nog": NOG|None, "olr": OLR|None},
     pre_svd_params)``."""
     r = cfg.resolved()
+    if cfg.task == "gan":
+        return build_gan_optimizer(
+            model, parse_gan_treatment(cfg.treatment or "vanilla"), lr=r["lr"], beta1=cfg.beta1,
+            weight_decay=r["weight_decay"], groups=(PRE_SVD_GROUP, REST_GROUP),
+        )  # fmt: skip
     pre, rest = _split_params(model)
     if not pre:
         raise ValueError("the model has no Pre-SVD parameter (no module marked is_pre_svd)")

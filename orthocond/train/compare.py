@@ -18,12 +18,19 @@ from orthocond.data import DataSplits, load_dataset
 
 from .config import TrainConfig
 from .distributed import ddp_active, distributed_env
+from .gan import (
+    GAN_DEFAULT_TREATMENTS,
+    GAN_STUDY_TREATMENTS,
+    aggregate_gan,
+    format_gan_table,
+    parse_gan_treatment,
+)
 from .plots import plot_compare, plot_compare_landscape
 from .result import RunResult, aggregate, format_number, format_table
 from .trainer import Trainer
 from .treatments import DEFAULT_TREATMENTS, FAILURE_TREATMENTS, parse_treatment
 
-__all__ = ["COMPARE_DEFAULTS", "COMPARE_PRESETS", "compare", "slug"]
+__all__ = ["COMPARE_DEFAULTS", "COMPARE_PRESETS", "compare", "default_treatments", "slug"]
 
 #: Where ``orthocond compare``'s defaults differ from :class:`TrainConfig`'s: a condition
 #: record every 2 steps (the quick MNIST runs have few).
@@ -39,12 +46,23 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
         "augment": False, "seeds": 8, "monitor_every": 4,
         "treatments": ",".join(FAILURE_TREATMENTS), "out": str(Path("runs") / "failures"),
     },
+    # the GAN latent-disentanglement study (README): every GAN treatment, 3 seeds, DCGAN on
+    # the 4,000 embedded training digits; ~30 minutes on one core with --jobs 1
+    "study": {
+        "task": "gan", "epochs": 8, "batch_size": 64, "seeds": 3,
+        "treatments": ",".join(GAN_STUDY_TREATMENTS), "out": str(Path("runs") / "gan-study"),
+    },
 }  # fmt: skip
+
+
+def default_treatments(task: str) -> tuple[str, ...]:
+    """The grid ``compare`` runs for ``task`` without ``treatments``."""
+    return GAN_DEFAULT_TREATMENTS if task == "gan" else DEFAULT_TREATMENTS
 
 
 def compare(
     base: TrainConfig,
-    treatments: Sequence[str] = DEFAULT_TREATMENTS,
+    treatments: Sequence[str] | None = None,
     *,
     seeds: int = 1,
     out: Union[str, os.PathLike, None] = None,
@@ -63,7 +81,9 @@ def compare(
 
     Args:
         base (TrainConfig): settings shared by all runs (its treatment fields are replaced).
-        treatments (sequence of str): treatment names (:func:`parse_treatment`).
+        treatments (sequence of str, optional): treatment names (:func:`parse_treatment`;
+            task gan: :func:`~orthocond.train.gan.parse_gan_treatment`); default
+            :func:`default_treatments` of ``base.task``.
         seeds (int): runs per treatment. Default 1.
         out (path, optional): output folder.
         data (DataSplits, optional): preloaded data (``jobs=1`` only; workers load their own).
@@ -86,10 +106,13 @@ def compare(
     check_int(seeds, "seeds")
     check_int(jobs, "jobs")
     check_int(threads, "threads", allow_none=True)
+    gan = base.task == "gan"
+    if treatments is None:
+        treatments = default_treatments(base.task)
     if not treatments:
         raise ValueError("treatments must name at least one treatment")
     for t in treatments:
-        parse_treatment(t)
+        (parse_gan_treatment if gan else parse_treatment)(t)
     log = log or (lambda msg: print(msg, file=sys.stderr))
     outp = Path(out) if out is not None else None
     grid: list[tuple[TrainConfig, Path | None]] = []
@@ -102,6 +125,13 @@ def compare(
             grid.append((cfg, run_out))
 
     def report(res: RunResult) -> None:
+        if gan:
+            m = res.metrics
+            log(f"[compare] {res.label} seed {res.seed}: " + (
+                f"failed -- {res.reason}" if res.failed else
+                f"FID {format_number(m.get('fid'), '.1f')}, VP {100 * m.get('vp', 0):.1f}%, "
+                f"κ {format_number(m.get('kappa'), '.4g')}") + f" ({res.wall_s:.1f} s)")
+            return
         acc = "failed" if res.failed else f"acc {100 * (res.final_acc or 0):.2f}%"
         log(
             f"[compare] {res.label} seed {res.seed}: {acc}, κ final {format_number(res.cond_final, '.3g')}, "
@@ -141,14 +171,16 @@ def compare(
                 slots[futures[fut]] = res
                 report(res)
         results = [r for r in slots if r is not None]
-    rows = aggregate(results)
+    rows = aggregate_gan(results) if gan else aggregate(results)
     if outp is not None:
         outp.mkdir(parents=True, exist_ok=True)
-        atomic_write(outp / "compare.md", format_table(rows) + "\n")
+        atomic_write(outp / "compare.md", (format_gan_table if gan else format_table)(rows) + "\n")
         payload = {"config": base.to_dict(), "treatments": list(treatments), "seeds": seeds,
                    "rows": rows, "runs": [r.to_dict() for r in results]}
         atomic_write(outp / "compare.json", json.dumps(jsonable(payload), indent=1) + "\n")
-        if base.plots:
+        if gan:
+            _collect_traversals(grid, outp)
+        elif base.plots:
             plot_compare(results, outp)
             if base.landscape_every:
                 plot_compare_landscape(
@@ -156,6 +188,20 @@ def compare(
                     with_seed=seeds > 1,
                 )  # fmt: skip
     return rows, results
+
+
+def _collect_traversals(grid: Sequence[tuple[TrainConfig, Path | None]], outp: Path) -> None:
+    """``traversals/<treatment>.png``: the latent traversal of each treatment's first seed."""
+    import shutil
+
+    done: set[str] = set()
+    for cfg, run_out in grid:
+        src = None if run_out is None else run_out / "traversal.png"
+        if cfg.label in done or src is None or not src.is_file():
+            continue
+        (outp / "traversals").mkdir(exist_ok=True)
+        shutil.copyfile(src, outp / "traversals" / f"{slug(cfg.label)}.png")
+        done.add(cfg.label)
 
 
 def _init_worker(threads: int | None) -> None:

@@ -19,22 +19,33 @@ from orthocond.data import DATASETS
 from orthocond.optim import NOG_METHODS, NOG_SCALES, OLR_MODES
 from orthocond.ortho import PENALTY_KINDS
 
+from .gan import GAN_ARCHS, parse_gan_treatment
 from .schedules import EPOCH_SCHEDULES, SCHEDULES, last_decay_epoch
 from .treatments import ORTHO_KINDS, parse_treatment, treatment_label
 
 __all__ = ["ARCHS", "TASKS", "TASK_DEFAULTS", "TrainConfig", "cli_fields", "task_default_text"]
 
-TASKS = ("dbn", "gcp")
-#: Architectures per task.
-ARCHS = {"dbn": ("resnet18", "resnet34", "resnet50"), "gcp": ("resnet18", "resnet50", "resnet101")}
+TASKS = ("dbn", "gcp", "gan")
+#: Architectures per task (the first is the task's default).
+ARCHS = {
+    "dbn": ("resnet18", "resnet34", "resnet50"),
+    "gcp": ("resnet18", "resnet50", "resnet101"),
+    "gan": GAN_ARCHS,
+}
 #: What ``None`` means for the task-dependent fields (DBN: ECCV 2022; GCP: iSQRT-COV).
 TASK_DEFAULTS = {
     "dbn": {"lr": 0.1, "weight_decay": 5e-4, "method": "eig", "eps": 1e-2},
     "gcp": {"lr": 0.1, "weight_decay": 1e-4, "method": "ns", "eps": 0.0},
+    # GAN (TPAMI 2023): Adam 2e-4, constant lr; method/eps are unused (no meta-layer)
+    "gan": {"lr": 2e-4, "weight_decay": 0.0, "method": "eig", "eps": 0.0},
 }
 # Paper lr milestones as fractions of the run (DBN: 100/200/300 of 350 epochs;
 # GCP iSQRT-COV PyTorch re-run: 30/45/60 of 65 epochs).
-_MILESTONE_FRACTIONS = {"dbn": (100 / 350, 200 / 350, 300 / 350), "gcp": (30 / 65, 45 / 65, 60 / 65)}
+_MILESTONE_FRACTIONS = {
+    "dbn": (100 / 350, 200 / 350, 300 / 350), "gcp": (30 / 65, 45 / 65, 60 / 65), "gan": (),
+}  # fmt: skip
+#: Latent dimensions of the GAN task's generator unless ``latent_dim`` is given.
+GAN_LATENT_DIM = 10
 
 
 def _opt(
@@ -63,6 +74,10 @@ def _opt(
 class TrainConfig:
     """Every setting of one training run (defaults: the quick embedded-MNIST DBN run).
 
+    ``task="gan"`` trains a generator (:mod:`orthocond.train.gan`): Adam (``lr`` 2e-4,
+    ``beta1`` 0.5), constant lr, ``latent_dim`` 10, ``width`` 32 on MNIST, no augmentation,
+    the treatment by name only (``treatment="nog-update+olr"``).
+
     ``None`` means "the task's default": ``lr`` 0.1, ``weight_decay`` 5e-4 (dbn) / 1e-4
     (gcp), ``method`` "eig" (dbn) / "ns" (gcp), ``milestones`` the papers' fractions of
     ``epochs`` (dbn 100/200/300 of 350, gcp 30/45/60 of 65), ``width`` 16 on MNIST and 64
@@ -87,14 +102,15 @@ class TrainConfig:
     """
 
     # -- model and data
-    task: str = _opt("dbn", "model and data", "dbn: ZCA-whitening (decorrelated BN) after the stem conv (ECCV22); gcp: global covariance pooling head (iSQRT-COV)", choices=TASKS)
-    arch: str = _opt("resnet18", "model and data", "resnet18/34/50 (dbn), resnet18/50/101 (gcp)")
+    task: str = _opt("dbn", "model and data", "dbn: ZCA-whitening (decorrelated BN) after the stem conv (ECCV22); gcp: global covariance pooling head (iSQRT-COV); gan: a digit generator whose first layer (dcgan) or subspace bases (eigengan) NOG/OLR act on (TPAMI 2023 latent disentanglement)", choices=TASKS)
+    arch: str | None = _opt(None, "model and data", "resnet18/34/50 (dbn), resnet18/50/101 (gcp), dcgan/eigengan (gan); default the first")
     dataset: str = _opt("mnist", "model and data", "mnist = the embedded 5,000 real MNIST digits (4,000 train / 1,000 test, no download); cifar10/cifar100/imagefolder need --data-dir", choices=DATASETS)
     data_dir: str | None = _opt(None, "model and data", "folder with the dataset files")
     download: bool = _opt(False, "model and data", "let torchvision download CIFAR into --data-dir (never done implicitly)")
     limit_train: int | None = _opt(None, "model and data", "train on a stratified subset of this many images", argtype="positive_int")
     limit_test: int | None = _opt(None, "model and data", "evaluate on a stratified subset of this many images", argtype="positive_int")
-    width: int | None = _opt(None, "model and data", "base width of the ResNet (default 16 on mnist, 64 otherwise)", argtype="positive_int")
+    width: int | None = _opt(None, "model and data", "base width of the ResNet (default 16 on mnist, 64 otherwise) or of the GAN (default 32 on mnist, 64 otherwise)", argtype="positive_int")
+    latent_dim: int | None = _opt(None, "model and data", f"latent dimensions of the gan generator (default {GAN_LATENT_DIM}; eigengan: a multiple of 3)", argtype="positive_int")
     method: str | None = _opt(None, "model and data", "matrix function of the meta-layer", choices=linalg.METHODS)
     backward: str = _opt("exact", "model and data", "gradient of method=eig (svd-unguarded is the textbook formula without a guard, which NaNs at tied eigenvalues: for failure studies)", choices=linalg.ALL_BACKWARDS)
     iters: int | None = _opt(None, "model and data", "Newton-Schulz iterations for method=ns (default 5)", argtype="positive_int")
@@ -107,6 +123,7 @@ class TrainConfig:
     batch_size: int = _opt(128, "optimisation", "global batch size", argtype="positive_int")
     lr: float | None = _opt(None, "optimisation", "SGD learning rate", argtype="float")
     momentum: float = _opt(0.9, "optimisation", "SGD momentum", argtype="float")
+    beta1: float = _opt(0.5, "optimisation", "Adam beta1 of the gan task (generator and discriminator; beta2 0.999)", argtype="float")
     weight_decay: float | None = _opt(None, "optimisation", "weight decay (ECCV22 dbn / iSQRT-COV gcp)", argtype="float")
     schedule: str = _opt("multistep", "optimisation", "lr schedule, stepped every iteration (multistep: x--gamma at --milestones); normal/fast/adjusted: the CVPR 2020 GCP schedules (0.1^floor(e/30) of 100 epochs, (1-(e-1)/52)^11 of 30, (1-(e-1)/49)^2 of 50) stretched onto --epochs; step: x--gamma at whole-epoch --milestones (default epochs/2, 3*epochs/4)", choices=SCHEDULES)
     milestones: tuple[float, ...] | None = _opt(None, "optimisation", "multistep/step milestones in epochs, e.g. 100,200,300 (default: the papers' fractions of --epochs: dbn 100/200/300 of 350, gcp 30/45/60 of 65)", argtype="milestones")
@@ -137,7 +154,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.milestones is not None:
             self.milestones = tuple(float(m) for m in self.milestones)
-        if self.treatment:
+        if self.arch is None:
+            self.arch = ARCHS.get(self.task, ("",))[0]
+        if self.task == "gan":
+            if self.nog or self.olr or self.ortho != "none" or self.nog_scale != "none":
+                raise ValueError(
+                    "task 'gan' takes its treatment by name (--treatment nog-update+olr, ...), "
+                    "not --nog/--nog-scale/--olr/--ortho"
+                )
+            parse_gan_treatment(self.treatment or "vanilla")
+        elif self.treatment:
             t = parse_treatment(self.treatment)
             self.nog, self.nog_scale, self.olr, self.ortho = t.nog, t.nog_scale, t.olr, t.ortho
             if t.backward is not None:
@@ -161,7 +187,7 @@ class TrainConfig:
             )
         for name in ("epochs", "batch_size", "monitor_every", "groups", "landscape_steps"):
             check_int(getattr(self, name), name)
-        for name in ("limit_train", "limit_test", "width", "reduced_channels", "iters"):
+        for name in ("limit_train", "limit_test", "width", "reduced_channels", "iters", "latent_dim"):
             check_int(getattr(self, name), name, allow_none=True)
         for name in ("seed", "workers", "landscape_every"):
             check_int(getattr(self, name), name, minimum=0)
@@ -171,6 +197,7 @@ class TrainConfig:
         check_float(self.divergence_loss, "divergence_loss", low=0, low_open=True, allow_inf=True)
         check_float(self.gamma, "gamma", low=0, low_open=True)
         check_float(self.momentum, "momentum", low=0, high=1, high_open=True)
+        check_float(self.beta1, "beta1", low=0, high=1, high_open=True)
         if self.milestones is not None and any(m < 0 for m in self.milestones):
             raise ValueError(f"milestones must be >= 0 (in epochs), got {self.milestones}")
         self._validate_schedule()
@@ -266,8 +293,9 @@ class TrainConfig:
             out.append(f"nog_scale={self.nog_scale!r} needs NOG (--nog)")
         if self.nog_rtol is not None and self.nog != "svd":
             out.append("nog_rtol needs NOG with method svd (--nog svd)")
-        if self.penalty_coef is not None and self.ortho not in PENALTY_KINDS:
-            out.append(f"penalty_coef needs a penalty ortho ({', '.join(PENALTY_KINDS)})")
+        gan_penalty = self.task == "gan" and parse_gan_treatment(self.treatment or "vanilla").penalty
+        if self.penalty_coef is not None and self.ortho not in PENALTY_KINDS and not gan_penalty:
+            out.append(f"penalty_coef needs a penalty ortho ({', '.join(PENALTY_KINDS)}) or gan treatment (ol, hessian)")
         if self.milestones is not None and self.schedule not in ("multistep", "step"):
             out.append(f"milestones apply to the multistep/step schedules, not {self.schedule!r}")
         if self.groups != default["groups"] and self.task != "dbn":
@@ -278,6 +306,15 @@ class TrainConfig:
             out.append("iters applies to method ns/mpa, not eig")
         if self.hybrid_backward != default["hybrid_backward"] and self.hybrid_switch_epoch is None:
             out.append("hybrid_backward needs hybrid_switch_epoch (--hybrid-switch-epoch)")
+        gan = self.task == "gan"
+        if self.latent_dim is not None and not gan:
+            out.append("latent_dim applies to task gan only")
+        if self.beta1 != default["beta1"] and not gan:
+            out.append("beta1 (Adam) applies to task gan only")
+        if self.momentum != default["momentum"] and gan:
+            out.append("momentum (SGD) does not apply to task gan (Adam: --beta1)")
+        if gan and (self.method is not None or self.eps is not None or self.landscape_every):
+            out.append("method/eps/landscape_every need a meta-layer, which task gan has not")
         if self.landscape_steps != default["landscape_steps"] and not self.landscape_every:
             out.append("landscape_steps needs landscape_every > 0 (--landscape-every)")
         return out
@@ -286,7 +323,8 @@ class TrainConfig:
         """Task defaults filled in (what the run actually uses)."""
         d = TASK_DEFAULTS[self.task]
         ds = dataset or self.dataset
-        width = self.width or (16 if ds == "mnist" else 64)
+        gan = self.task == "gan"
+        width = self.width or ((32 if gan else 16) if ds == "mnist" else 64)
         return {
             "lr": d["lr"] if self.lr is None else float(self.lr),
             "weight_decay": d["weight_decay"] if self.weight_decay is None else float(self.weight_decay),
@@ -294,6 +332,9 @@ class TrainConfig:
             "width": width,
             "reduced_channels": self.reduced_channels or min(256, 8 * width),
             "eps": d["eps"] if self.eps is None else float(self.eps),
+            "latent_dim": self.latent_dim or GAN_LATENT_DIM,
+            # a GAN learns the data as it is: no random crop / flip
+            "augment": self.augment and not gan,
             "milestones": self.milestones
             if self.milestones is not None
             else tuple(f * self.epochs for f in _MILESTONE_FRACTIONS[self.task]),

@@ -236,7 +236,9 @@ class GanTask:
         """Batches of the data pipeline back to [0, 1]."""
         return (x * self.std + self.mean).clamp(0, 1)
 
-    def loss(self, net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def loss(
+        self, net: nn.Module, x: Tensor, y: Tensor, epoch: int = 0
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """One discriminator step, then the generator's loss.
 
         Returns ``(generator loss, loss + penalty (to backpropagate), sums)`` with ``sums``
@@ -272,9 +274,10 @@ class GanTask:
         return self._extractor
 
     @torch.no_grad()
-    def samples(self, n: int = EVAL_SAMPLES) -> Tensor:
-        """``n`` images from fixed codes (seeded by the run's seed), in eval mode, on the CPU."""
-        z = torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(self.seed + 1))
+    def samples(self, n: int | None = None) -> Tensor:
+        """``n`` (default :data:`EVAL_SAMPLES`) images from fixed codes (seeded by the run's
+        seed), in eval mode, on the CPU."""
+        z = torch.randn(EVAL_SAMPLES if n is None else n, self.latent_dim, generator=torch.Generator().manual_seed(self.seed + 1))
         g = self.generator
         was = g.training
         g.eval()
@@ -305,6 +308,12 @@ class GanTask:
         )
         out.update(generative.layer_conditioning(self.pre))
         return out
+
+    @staticmethod
+    def describe(stats: dict[str, Any]) -> str:
+        fid = stats.get("fid")
+        return (f"G loss {stats['train_loss']:.3f} D loss {stats['d_loss']:.3f}"
+                + ("" if fid is None else f" FID {fid:.1f}"))
 
     def write_outputs(self, out: Path) -> None:
         """``traversal.png``: each latent dim swept over [-3, 3] (needs matplotlib)."""

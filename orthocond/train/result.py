@@ -37,6 +37,8 @@ class RunResult:
     cond_max: float | None = None
     ortho_err: float | None = None
     weight_norm: float | None = None
+    #: the task's end-of-run metrics (gan: fid, ppl, vp, kappa, ortho_err); {} for classifiers
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(asdict(self))

@@ -27,13 +27,11 @@ from typing import Any, Callable, Union
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from orthocond import ortho
 from orthocond._checks import check_bool, resolve_device
 from orthocond._io import atomic_write, jsonable
-from orthocond.analysis import ConditionMonitor, LandscapeProbe, evaluate_classifier, plot_landscape
+from orthocond.analysis import ConditionMonitor, LandscapeProbe, plot_landscape
 from orthocond.data import DataSplits, load_dataset
 from orthocond.nn import convert_sync_decorrelated_batchnorm
 
@@ -54,7 +52,7 @@ from .run_dir import (
     set_rng_state,
 )
 from .schedules import lr_lambda
-from .treatments import PENALTY_COEFFICIENT
+from .tasks import build_task
 
 __all__ = ["Trainer", "train"]
 
@@ -142,7 +140,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.train_batches = data.train_batches(
-            cfg.batch_size, device=self.device, seed=cfg.seed, augment=cfg.augment,
+            cfg.batch_size, device=self.device, seed=cfg.seed, augment=self.resolved["augment"],
             rank=self.rank, world_size=self.world_size,
         )
         self.test_batches = data.test_batches(max(cfg.batch_size, 256), device=self.device)
@@ -150,7 +148,8 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError("the training set is empty")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule_fn())
-        self.penalty_kind = cfg.ortho if cfg.ortho in ortho.PENALTY_KINDS else None
+        # the task's loss and evaluation (classifier; GAN: discriminator step, FID/VP, ...)
+        self.task = build_task(cfg, data, self.model, self.pre_svd_params, self.test_batches, self.device)
         self.hybrid = build_hybrid(cfg, self.model)
         self.landscape = None
         if cfg.landscape_every:
@@ -173,6 +172,7 @@ class Trainer:
         self.epoch_log: list[dict[str, Any]] = []
         self.failed: str | None = None
         self.elapsed = 0.0
+        self.final_metrics: dict[str, Any] = {}  # the task's, once every epoch has run
 
     def _schedule_fn(self) -> Callable[[int], float]:
         """The per-iteration lr factor of ``cfg.schedule`` over ``cfg.epochs``."""
@@ -190,33 +190,16 @@ class Trainer:
         return SummaryWriter(log_dir=str(self.out / "tb"))
 
     # ---------------------------------------------------------------- steps
-    def _penalty(self) -> Tensor | None:
-        if self.penalty_kind is None:
-            return None
-        coef = self.cfg.penalty_coef
-        if coef is None:
-            coef = ortho.srip_schedule(self.epoch) if self.penalty_kind == "srip" else PENALTY_COEFFICIENT
-        if coef == 0:
-            return None
-        weights = [m.weight for m in ortho.pre_svd_modules(self.model)]
-        return ortho.orthogonality_penalty(weights, self.penalty_kind, coefficient=coef)
-
     def train_epoch(self, bar: Any = None) -> dict[str, Any]:
         """One pass over the training batches; stops early on divergence (``self.failed``)."""
         model, opt, mon = self.net, self.optimizer, self.monitor
         model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        sums: dict[str, Tensor] = {}
         seen = 0
         for x, y in self.train_batches:  # under DDP: this rank's slice of the global batch
             lr = param_group(opt, REST_GROUP)["lr"]
             try:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                total = loss
-                pen = self._penalty()
-                if pen is not None:
-                    total = loss + pen
+                loss, total, batch_sums = self.task.loss(model, x, y, self.epoch)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
             except torch.linalg.LinAlgError as exc:
@@ -250,10 +233,9 @@ class Trainer:
                     mon.writer.add_scalar("olr_lr", olr.last_lr[0], rec["step"])
             self.scheduler.step()
             self.global_step += 1
-            b = y.shape[0]
-            loss_sum += loss.detach().double() * b
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += b
+            for k, v in batch_sums.items():
+                sums[k] = sums[k] + v if k in sums else v
+            seen += y.shape[0]
             if bar is not None:
                 bar.update(1)
                 if rec is not None:
@@ -262,12 +244,12 @@ class Trainer:
                         c = rec[self.cond_key]
                         post["log10k"] = f"{math.log10(c):.2f}" if 0 < c < math.inf else "inf"
                     bar.set_postfix(post, refresh=False)
+        keys = sorted(sums)
+        totals = torch.stack([sums[k] for k in keys] + [torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
         if self.ddp and self.failed is None:
-            totals = torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(float(seen))])
             dist.all_reduce(totals)
-            loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
-        seen = max(seen, 1)
-        return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+        seen = max(int(totals[-1]), 1)
+        return {k: float(v) / seen for k, v in zip(keys, totals[:-1])}
 
     def _global_loss(self, loss: Tensor, n: int) -> Tensor:
         """The mean loss over the global batch (all ranks' slices of ``n`` samples each)."""
@@ -287,11 +269,10 @@ class Trainer:
             self.log(f"[{self.cfg.label}] landscape probe skipped at step {self.global_step}: "
                      f"{str(exc).splitlines()[0]}")
 
-    def evaluate(self) -> dict[str, float]:
-        """Test loss and accuracy (:func:`~orthocond.analysis.evaluate_classifier`: eval mode,
-        capture paused, the model's mode restored)."""
-        ev = evaluate_classifier(self.model, self.test_batches)
-        return {"test_loss": ev.loss, "test_acc": ev.accuracy}
+    def evaluate(self) -> dict[str, Any]:
+        """The task's evaluation (classifier: test loss and accuracy in eval mode, capture
+        paused, the model's mode restored; GAN: FID)."""
+        return self.task.evaluate()
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> RunResult:
@@ -333,14 +314,11 @@ class Trainer:
                 )  # fmt: skip
                 self.epoch_log.append(stats)
                 if self.monitor.writer is not None:
-                    for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
-                        if math.isfinite(stats[k]):
-                            self.monitor.writer.add_scalar(f"epoch/{k}", stats[k], self.epoch)
+                    for k, v in stats.items():
+                        if isinstance(v, float) and k not in ("lr", "time_s") and math.isfinite(v):
+                            self.monitor.writer.add_scalar(f"epoch/{k}", v, self.epoch)
                 if bar is not None:
-                    bar.write(
-                        f"[{cfg.label}] epoch {self.epoch}/{cfg.epochs} "
-                        f"loss {stats['train_loss']:.3f} test acc {100 * stats['test_acc']:.2f}%"
-                    )
+                    bar.write(f"[{cfg.label}] epoch {self.epoch}/{cfg.epochs} {self.task.describe(stats)}")
                 if self.out is not None:
                     self._write_outputs(final=False)
                     if cfg.checkpoint:
@@ -348,6 +326,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if self.failed is None and self.epoch >= cfg.epochs:
+            self.final_metrics = self.task.final_metrics()
         result = self.result()
         if self.out is not None:
             self._write_outputs(final=True, result=result)
@@ -358,7 +338,7 @@ class Trainer:
     def result(self) -> RunResult:
         """The :class:`RunResult` of the run so far."""
         summary = self.monitor.summary()
-        accs = [e["test_acc"] for e in self.epoch_log]
+        accs = [e["test_acc"] for e in self.epoch_log if "test_acc" in e]
         res = RunResult(
             label=self.cfg.label, seed=self.cfg.seed, config=self.cfg.to_dict(),
             failed=self.failed is not None, reason=self.failed,
@@ -366,6 +346,7 @@ class Trainer:
             final_acc=accs[-1] if accs and self.failed is None else None,
             best_acc=max(accs) if accs and self.failed is None else None,
             epochs=[dict(e) for e in self.epoch_log], summary=summary, cond_key=self.cond_key,
+            metrics=dict(self.final_metrics),
         )  # fmt: skip
         if self.cond_key is not None:
             steps, vals = self.monitor.series(self.cond_key)
@@ -401,6 +382,7 @@ class Trainer:
             atomic_write(out / LANDSCAPE_NAME, json.dumps(jsonable(payload), indent=1) + "\n")
         if final:
             res = result or self.result()
+            self.task.write_outputs(out)
             atomic_write(out / "summary.json", json.dumps(res.to_dict(), indent=1) + "\n")
             if self.cfg.plots:
                 plot_run(res, out)
@@ -428,6 +410,7 @@ class Trainer:
             },
             "monitor": self.monitor.state_dict(),
             "hybrid": None if self.hybrid is None else self.hybrid.state_dict(),
+            "task": self.task.state_dict(),
             "landscape": None if self.landscape is None else self.landscape.state_dict(),
             "epoch_log": [dict(e) for e in self.epoch_log],
             "data": self.train_batches.state_dict(),
@@ -450,6 +433,7 @@ class Trainer:
         if state["hooks"]["olr"] is not None:
             self.hooks["olr"].load_state_dict(state["hooks"]["olr"])
         self.monitor.load_state_dict(state["monitor"])
+        self.task.load_state_dict(state.get("task") or {})
         self.train_batches.load_state_dict(state["data"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
