@@ -136,7 +136,7 @@ def build_parser(compare_preset: str | None = None) -> argparse.ArgumentParser:
         "accuracy mean ± std, covariance condition number final and max, orthogonality "
         "error, Pre-SVD weight norm, failed runs) and write compare.md, compare.json, "
         "condition.png (log10 condition number vs step per treatment) and accuracy.png. "
-        f"Without arguments: embedded MNIST, DBN ResNet-18, {TrainConfig.epochs} epochs, one "
+        f"Without arguments: embedded MNIST, DBN ResNet-18, {TrainConfig().epochs} epochs, one "
         f"seed, treatments {','.join(DEFAULT_TREATMENTS)}, one single-threaded run per CPU "
         "core at a time.",
     )  # fmt: skip

@@ -34,10 +34,10 @@ ARCHS = {
 }
 #: What ``None`` means for the task-dependent fields (DBN: ECCV 2022; GCP: iSQRT-COV).
 TASK_DEFAULTS = {
-    "dbn": {"lr": 0.1, "weight_decay": 5e-4, "method": "eig", "eps": 1e-2},
-    "gcp": {"lr": 0.1, "weight_decay": 1e-4, "method": "ns", "eps": 0.0},
-    # GAN (TPAMI 2023): Adam 2e-4, constant lr; method/eps are unused (no meta-layer)
-    "gan": {"lr": 2e-4, "weight_decay": 0.0, "method": "eig", "eps": 0.0},
+    "dbn": {"lr": 0.1, "weight_decay": 5e-4, "method": "eig", "eps": 1e-2, "epochs": 4, "batch_size": 128},
+    "gcp": {"lr": 0.1, "weight_decay": 1e-4, "method": "ns", "eps": 0.0, "epochs": 4, "batch_size": 128},
+    # GAN (TPAMI 2023): Adam 2e-4, batch 64, constant lr; method/eps unused (no meta-layer)
+    "gan": {"lr": 2e-4, "weight_decay": 0.0, "method": "eig", "eps": 0.0, "epochs": 8, "batch_size": 64},
 }
 # Paper lr milestones as fractions of the run (DBN: 100/200/300 of 350 epochs;
 # GCP iSQRT-COV PyTorch re-run: 30/45/60 of 65 epochs).
@@ -119,8 +119,8 @@ class TrainConfig:
     reduced_channels: int | None = _opt(None, "model and data", "GCP covariance size d (default min(256, 8*width))", argtype="positive_int")
     augment: bool = _opt(True, "model and data", "no random crop / flip", flag="--no-augment")
     # -- optimisation
-    epochs: int = _opt(4, "optimisation", "epochs", argtype="positive_int")
-    batch_size: int = _opt(128, "optimisation", "global batch size", argtype="positive_int")
+    epochs: int | None = _opt(None, "optimisation", "epochs", argtype="positive_int")
+    batch_size: int | None = _opt(None, "optimisation", "global batch size", argtype="positive_int")
     lr: float | None = _opt(None, "optimisation", "SGD learning rate", argtype="float")
     momentum: float = _opt(0.9, "optimisation", "SGD momentum", argtype="float")
     beta1: float = _opt(0.5, "optimisation", "Adam beta1 of the gan task (generator and discriminator; beta2 0.999)", argtype="float")
@@ -154,8 +154,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.milestones is not None:
             self.milestones = tuple(float(m) for m in self.milestones)
+        # None = the task's default (filled in here: every later use sees an int)
         if self.arch is None:
             self.arch = ARCHS.get(self.task, ("",))[0]
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) is None:
+                setattr(self, name, TASK_DEFAULTS.get(self.task, TASK_DEFAULTS["dbn"])[name])
         if self.task == "gan":
             if self.nog or self.olr or self.ortho != "none" or self.nog_scale != "none":
                 raise ValueError(
