@@ -16,6 +16,7 @@ from typing import Any
 from orthocond import linalg
 from orthocond._checks import check_choice, check_float, check_int
 from orthocond.data import DATASETS
+from orthocond.models.resnet import CIFAR_DEPTHS, GCP_DEPTHS
 from orthocond.optim import NOG_METHODS, NOG_SCALES, OLR_MODES
 from orthocond.ortho import PENALTY_KINDS
 
@@ -26,7 +27,10 @@ __all__ = ["ARCHS", "TASKS", "TASK_DEFAULTS", "TrainConfig", "cli_fields", "task
 
 TASKS = ("dbn", "gcp")
 #: Architectures per task.
-ARCHS = {"dbn": ("resnet18", "resnet34", "resnet50"), "gcp": ("resnet18", "resnet50", "resnet101")}
+ARCHS = {
+    "dbn": tuple(f"resnet{d}" for d in CIFAR_DEPTHS),
+    "gcp": tuple(f"resnet{d}" for d in GCP_DEPTHS),
+}
 #: What ``None`` means for the task-dependent fields (DBN: ECCV 2022; GCP: iSQRT-COV).
 TASK_DEFAULTS = {
     "dbn": {"lr": 0.1, "weight_decay": 5e-4, "method": "eig", "eps": 1e-2},
