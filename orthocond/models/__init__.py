@@ -8,9 +8,11 @@ from orthocond.ortho.pre_svd import pre_svd_modules, pre_svd_parameters
 from .generators import DCGANGenerator, Discriminator, EigenGenerator, SubspaceLayer
 from .resnet import (
     ResNet,
+    cifar_resnet,
     cifar_resnet18,
     cifar_resnet34,
     cifar_resnet50,
+    gcp_resnet,
     gcp_resnet18,
     gcp_resnet50,
     gcp_resnet101,
@@ -22,9 +24,11 @@ __all__ = [
     "EigenGenerator",
     "SubspaceLayer",
     "ResNet",
+    "cifar_resnet",
     "cifar_resnet18",
     "cifar_resnet34",
     "cifar_resnet50",
+    "gcp_resnet",
     "gcp_resnet18",
     "gcp_resnet50",
     "gcp_resnet101",

@@ -50,16 +50,15 @@ def build_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
     if cfg.task == "gan":
         return build_generator(cfg.arch, data, latent_dim=r["latent_dim"], width=r["width"])
     common = {"in_channels": data.in_channels, "width": r["width"], "backward": cfg.backward}
+    depth = int(cfg.arch[len("resnet"):])
     if cfg.task == "dbn":
-        builder = getattr(models, f"cifar_{cfg.arch}")
-        model = builder(
-            data.num_classes, method=r["method"], eps=r["eps"], groups=cfg.groups,
+        model = models.cifar_resnet(
+            depth, data.num_classes, method=r["method"], eps=r["eps"], groups=cfg.groups,
             stem="soc" if cfg.ortho == "soc" else "conv", iters=cfg.iters, **common,
         )  # fmt: skip
     else:
-        builder = getattr(models, f"gcp_{cfg.arch}")
-        model = builder(
-            data.num_classes, head="gcp", reduced_channels=r["reduced_channels"],
+        model = models.gcp_resnet(
+            depth, data.num_classes, head="gcp", reduced_channels=r["reduced_channels"],
             method=r["method"], iters=cfg.iters if cfg.iters is not None else 5,
             cifar_stem=data.image_size <= 64, eps=r["eps"], **common,
         )  # fmt: skip

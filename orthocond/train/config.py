@@ -16,6 +16,7 @@ from typing import Any
 from orthocond import linalg
 from orthocond._checks import check_choice, check_float, check_int
 from orthocond.data import DATASETS
+from orthocond.models.resnet import CIFAR_DEPTHS, GCP_DEPTHS
 from orthocond.optim import NOG_METHODS, NOG_SCALES, OLR_MODES
 from orthocond.ortho import PENALTY_KINDS
 
@@ -28,8 +29,8 @@ __all__ = ["ARCHS", "TASKS", "TASK_DEFAULTS", "TrainConfig", "cli_fields", "task
 TASKS = ("dbn", "gcp", "gan")
 #: Architectures per task (the first is the task's default).
 ARCHS = {
-    "dbn": ("resnet18", "resnet34", "resnet50"),
-    "gcp": ("resnet18", "resnet50", "resnet101"),
+    "dbn": tuple(f"resnet{d}" for d in CIFAR_DEPTHS),
+    "gcp": tuple(f"resnet{d}" for d in GCP_DEPTHS),
     "gan": GAN_ARCHS,
 }
 #: What ``None`` means for the task-dependent fields (DBN: ECCV 2022; GCP: iSQRT-COV).

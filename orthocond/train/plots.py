@@ -30,6 +30,22 @@ def pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, *,
+          title: str | None = None, legend: bool = False, dpi: int = 120) -> Path:
+    """Label, grid, legend, save and close one figure; returns its path."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _log10_series(steps: Sequence[int], vals: Sequence[float | None]) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for s, v in zip(steps, vals):
@@ -51,27 +67,16 @@ def plot_run(result: RunResult, out: Union[str, os.PathLike]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         xs, ys = _log10_series(result.cond_steps, result.cond_values)
         ax.plot(xs, ys, lw=1)
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"log10 κ ({result.cond_key})")
-        ax.set_title(f"covariance condition number: {result.label}")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "condition.png", dpi=110)
-        plt.close(fig)
-        written.append(out / "condition.png")
+        written.append(_save(plt, fig, ax, out / "condition.png", "step",
+                             f"log10 κ ({result.cond_key})",
+                             title=f"covariance condition number: {result.label}", dpi=110))
     if result.epochs:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ep = [e["epoch"] for e in result.epochs]
         ax.plot(ep, [100 * e["train_acc"] for e in result.epochs], "o-", label="train")
         ax.plot(ep, [100 * e["test_acc"] for e in result.epochs], "s-", label="test")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy %")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy.png", dpi=110)
-        plt.close(fig)
-        written.append(out / "accuracy.png")
+        written.append(_save(plt, fig, ax, out / "accuracy.png", "epoch", "accuracy %",
+                             legend=True, dpi=110))
     return written
 
 
@@ -100,14 +105,9 @@ def plot_compare(results: Sequence[RunResult], out: Union[str, os.PathLike]) -> 
         if len(runs) > 1:
             ax.fill_between(xs, [min(per_step[s]) for s in xs], [max(per_step[s]) for s in xs],
                             color=line.get_color(), alpha=0.15, lw=0)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("log10 κ(Σ) of the meta-layer covariance")
-    ax.set_title("covariance conditioning per treatment")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "condition.png", dpi=120)
-    plt.close(fig)
+    condition = _save(plt, fig, ax, out / "condition.png", "training step",
+                      "log10 κ(Σ) of the meta-layer covariance",
+                      title="covariance conditioning per treatment", legend=True)
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for label, runs in groups.items():
         per_epoch: dict[int, list[float]] = {}
@@ -117,14 +117,8 @@ def plot_compare(results: Sequence[RunResult], out: Union[str, os.PathLike]) -> 
         if per_epoch:
             xs = sorted(per_epoch)
             ax.plot(xs, [float(np.mean(per_epoch[x])) for x in xs], "o-", ms=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy %")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    plt.close(fig)
-    return [out / "condition.png", out / "accuracy.png"]
+    accuracy = _save(plt, fig, ax, out / "accuracy.png", "epoch", "test accuracy %", legend=True)
+    return [condition, accuracy]
 
 
 def read_landscape(path: Union[str, os.PathLike]) -> list[Any]:

@@ -191,3 +191,23 @@ def test_bad_builder_arguments():
         gcp_resnet50(num_classes=0)
     with pytest.raises(ValueError, match="method"):
         cifar_resnet18(method="svd")
+
+
+def test_per_depth_builders_are_the_generic_builder_at_that_depth():
+    import inspect
+
+    from orthocond.models import cifar_resnet, cifar_resnet34, gcp_resnet, gcp_resnet101
+
+    torch.manual_seed(0)
+    a = cifar_resnet34(10, in_channels=1, width=4)
+    torch.manual_seed(0)
+    b = cifar_resnet(34, 10, in_channels=1, width=4)
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert cifar_resnet34.__name__ == "cifar_resnet34" and "ResNet-34" in cifar_resnet34.__doc__
+    assert "depth" not in inspect.signature(gcp_resnet101).parameters
+    assert inspect.signature(gcp_resnet101).parameters["num_classes"].default == 1000
+    with pytest.raises(ValueError, match=r"depth of a gcp_resnet must be one of \(18, 50, 101\)"):
+        gcp_resnet(34)
+    with pytest.raises(ValueError, match="depth of a cifar_resnet"):
+        cifar_resnet(101)

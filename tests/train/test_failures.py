@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from orthocond import linalg
 from orthocond.data import load_dataset
 from orthocond.models import cifar_resnet18
-from orthocond.train import TrainConfig, train
+from orthocond.train import TrainConfig, Trainer, train
 
 
 @pytest.fixture(autouse=True)
@@ -185,13 +185,30 @@ def test_unguarded_is_not_among_the_safe_backwards():
         TrainConfig(task="gcp", treatment="bwd-pade")
 
 
+def _run_scaled_stem(data, seed: int, treatment: str):
+    """The `compare --preset failures` setting with the stem weight of a trained run (x30, as
+    above): kappa(Sigma + eps I) is past 1/(n eps32) from the first step, on any machine."""
+    cfg = TrainConfig(
+        epochs=1, batch_size=32, limit_train=2048, limit_test=256, width=16, eps=1e-5, lr=0.1,
+        augment=False, workers=0, device="cpu", seed=seed, tensorboard=False, plots=False,
+        checkpoint=False, treatment=treatment,
+    )  # fmt: skip
+    trainer = Trainer(cfg, data=data, log=lambda msg: None)
+    with torch.no_grad():
+        trainer.model.conv1.weight.mul_(30.0)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.monitor.close()
+
+
 def test_failures_preset_small_scale(mnist):
-    # The `compare --preset failures` setting (eps 1e-5, lr 0.1, batch 32, no augmentation)
-    # on seeds 0 and 2: measured failing at steps 9 and 9 with the unguarded gradient
-    # (8/8 seeds fail in the full preset), training all 64 steps with exact.
-    unguarded = [_run(mnist, s, 0.1, treatment="bwd-svd-unguarded") for s in (0, 2)]
-    assert all(r.failed and r.reason.startswith("non-finite grad") for r in unguarded)
-    assert all(r.steps < 20 for r in unguarded)
-    exact = [_run(mnist, s, 0.1, treatment="bwd-exact") for s in (0, 2)]
-    assert not any(r.failed for r in exact)
-    assert all(r.steps == 64 and r.final_acc > 0.5 for r in exact)
+    # Where the floored null eigenvalues tie, the unguarded textbook gradient is 1/0 at its
+    # first step: the run is counted as failed (non-finite gradient), never a crash; the
+    # guarded exact gradient trains the same runs to the end. (Which seed of the real preset
+    # fails at which step depends on the machine and is not asserted.)
+    for seed in (0, 1):
+        unguarded = _run_scaled_stem(mnist, seed, "bwd-svd-unguarded")
+        assert unguarded.failed and unguarded.reason == "non-finite grad at step 0"
+    exact = _run_scaled_stem(mnist, 0, "bwd-exact")
+    assert not exact.failed and exact.steps == 64
