@@ -57,7 +57,8 @@ def _log10_series(steps: Sequence[int], vals: Sequence[float | None]) -> tuple[l
 
 def plot_run(result: RunResult, out: Union[str, os.PathLike]) -> list[Path]:
     """``condition.png`` (log10 κ vs step) and ``accuracy.png`` (train/test accuracy vs
-    epoch) of one run; returns the written paths (none without matplotlib)."""
+    epoch; task gan: ``fid.png``, FID vs epoch) of one run; returns the written paths (none
+    without matplotlib)."""
     plt = pyplot()
     if plt is None:
         return []
@@ -70,7 +71,13 @@ def plot_run(result: RunResult, out: Union[str, os.PathLike]) -> list[Path]:
         written.append(_save(plt, fig, ax, out / "condition.png", "step",
                              f"log10 κ ({result.cond_key})",
                              title=f"covariance condition number: {result.label}", dpi=110))
-    if result.epochs:
+    fids = [(e["epoch"], e["fid"]) for e in result.epochs if e.get("fid") is not None]
+    if fids:  # task gan: FID of the generated digits per epoch
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(*zip(*fids), "o-")
+        written.append(_save(plt, fig, ax, out / "fid.png", "epoch", "FID (digit features)",
+                             title=f"FID: {result.label}", dpi=110))
+    if result.epochs and "test_acc" in result.epochs[0]:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ep = [e["epoch"] for e in result.epochs]
         ax.plot(ep, [100 * e["train_acc"] for e in result.epochs], "o-", label="train")

@@ -37,7 +37,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LANDSCAPE_NAME = "landscape.json"
 #: Everything a run writes into its output folder (besides the TensorBoard folder tb/).
 RUN_FILES = (CHECKPOINT_NAME, "metrics.jsonl", "steps.csv", "summary.json", "condition.png",
-             "accuracy.png", LANDSCAPE_NAME, "landscape.png")
+             "accuracy.png", LANDSCAPE_NAME, "landscape.png", "fid.png", "traversal.png")
 
 
 def save_checkpoint(state: dict[str, Any], path: Union[str, os.PathLike]) -> None:

@@ -149,3 +149,48 @@ def test_compare_gan_writes_table_and_grids(tiny_data, tmp_path):
     assert (tmp_path / "traversals" / "vanilla.png").is_file()
     with pytest.raises(ValueError, match="GAN treatment"):
         compare(base, ["soc"], data=tiny_data)
+
+
+def test_run_folder_holds_fid_curve_and_traversal(tiny_data, tmp_path):
+    pytest.importorskip("matplotlib")
+    cfg = TrainConfig(**dict(TINY, plots=True), epochs=1, treatment="ol")
+    train(cfg, data=tiny_data, out=tmp_path)
+    assert (tmp_path / "fid.png").is_file() and (tmp_path / "traversal.png").is_file()
+    assert not (tmp_path / "accuracy.png").exists()
+
+
+def test_cli_train_and_compare_task_gan(tmp_path, capsys):
+    from orthocond.cli import main
+
+    common = ["--task", "gan", "--epochs", "1", "--limit-train", "64", "--limit-test", "64",
+              "--width", "4", "--latent-dim", "4", "--no-tensorboard", "--no-plots"]
+    assert main(["train", *common, "--treatment", "hessian", "--out", str(tmp_path / "t"),
+                 "--quiet"]) == 0
+    assert "metrics      : fid" in capsys.readouterr().out
+    assert main(["compare", *common, "--treatments", "vanilla,nog", "--jobs", "1",
+                 "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| treatment | FID ↓ | PPL ↓ | VP % ↑" in out and "| nog |" in out
+    assert main(["train", *common, "--nog", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "takes its treatment by name" in capsys.readouterr().err
+
+
+def test_tpami_example_builds_the_papers_setting(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "tpami23_gan_disentanglement.py"
+    spec = importlib.util.spec_from_file_location("tpami23", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg, _ = mod.config(["--data-dir", str(tmp_path), "--treatment", "hessian"])
+    assert (cfg.task, cfg.arch, cfg.latent_dim, cfg.lr, cfg.beta1, cfg.batch_size) == (
+        "gan", "dcgan", 30, 2e-4, 0.5, 64)
+    (tmp_path / "faces").mkdir()
+    for i in range(4):
+        Image.new("RGB", (178, 218), (i * 60, 0, 0)).save(tmp_path / "faces" / f"{i}.jpg")
+    data = mod.load_faces(str(tmp_path), 64, held_out=0.25)
+    assert (data.num_train, data.num_test, data.image_size) == (3, 1, 64)
+    assert data.train[0][0].shape == (3, 64, 64)
