@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -212,6 +213,11 @@ class GanTask:
         penalty_coef: float | None,
         seed: int,
     ) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise ValueError(
+                "task 'gan' trains in one process (its discriminator is not synchronised over "
+                "ranks); run it without torchrun"
+            )
         self.generator = generator
         self.pre = list(pre_svd_params)
         self.treatment = treatment
