@@ -66,9 +66,9 @@ class _StiefelOptimizer(Optimizer):
         super().add_param_group(param_group)
         try:
             self._check_group(self.param_groups[-1])
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             self.param_groups.pop()
-            raise ValueError(f"param group {len(self.param_groups)}: {exc}") from None
+            raise type(exc)(f"param group {len(self.param_groups)}: {exc}") from None
 
     def _check_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -163,9 +163,7 @@ class CayleySGD(_StiefelOptimizer):
         stiefel: bool = True,
         polish: int = 2,
     ) -> None:
-        self._check_common(lr, q, s, eps, polish)
-        check_float(momentum, "momentum", low=0.0, high=1.0, high_open=True)
-        check_float(weight_decay, "weight_decay", low=0.0)
+        # every group, these defaults included, is checked by add_param_group
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, q=q, s=s, eps=eps,
                         stiefel=stiefel, polish=polish)
         super().__init__(params, defaults)
@@ -258,13 +256,7 @@ class CayleyAdam(_StiefelOptimizer):
         stiefel: bool = True,
         polish: int = 2,
     ) -> None:
-        self._check_common(lr, q, s, eps, polish)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair of floats in [0, 1), got {betas!r}")
-        check_float(betas[0], "betas[0]", low=0.0, high=1.0, high_open=True)
-        check_float(betas[1], "betas[1]", low=0.0, high=1.0, high_open=True)
-        check_float(weight_decay, "weight_decay", low=0.0)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, q=q, s=s,
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas, eps=eps, weight_decay=weight_decay, q=q, s=s,
                         stiefel=stiefel, polish=polish)
         super().__init__(params, defaults)
 
