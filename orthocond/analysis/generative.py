@@ -541,8 +541,11 @@ def save_traversal_grid(
         raise ImportError("traversal grids need matplotlib: pip install matplotlib") from exc
     rows, cols, c, h, w = images.shape
     grid = images.clamp(0, 1).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
-    fig, ax = plt.subplots(figsize=(cols * 0.45 + 0.6, rows * 0.45 + (0.5 if title else 0.2)))
-    ax.imshow(grid.squeeze(-1).numpy() if c == 1 else grid.numpy(), cmap="gray", vmin=0, vmax=1)
+    # about one screen pixel per image pixel at dpi 100 (a small file, no resampling blur)
+    inch = h / 100
+    fig, ax = plt.subplots(figsize=(cols * inch + 0.5, rows * inch + (0.4 if title else 0.15)))
+    ax.imshow(grid.squeeze(-1).numpy() if c == 1 else grid.numpy(), cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
     ax.set_yticks([(i + 0.5) * h for i in range(rows)], [f"z{i}" for i in range(rows)], fontsize=6)
     ax.set_xticks([])
     if title:
