@@ -156,8 +156,8 @@ def build_parser(compare_preset: str | None = None) -> argparse.ArgumentParser:
                          "against exact/svd/taylor/pade and under OLR, NOG+OLR and a hard "
                          "orthogonal stem; eps 1e-5, lr 0.1, 1 epoch of 2048 images in "
                          "batches of 32, no augmentation, 8 seeds, --out runs/failures. "
-                         "study: the GAN latent-disentanglement study (--task gan, DCGAN, "
-                         f"treatments {','.join(GAN_STUDY_TREATMENTS)}, 4 epochs, 3 seeds, "
+                         "gan-study: the GAN latent-disentanglement study (--task gan, DCGAN, "
+                         f"treatments {','.join(GAN_STUDY_TREATMENTS)}, 8 epochs, 3 seeds, "
                          "--out runs/gan-study; ~30 min with --jobs 1). "
                          "Options given explicitly override the preset")
     if compare_preset is not None:

@@ -66,7 +66,7 @@ GAN_TREATMENT_PARTS = (
 )  # fmt: skip
 #: What ``orthocond compare --task gan`` runs without ``--treatments``.
 GAN_DEFAULT_TREATMENTS = ("vanilla", "ol", "hessian", "nog", "nog-update", "olr", "nog-update+olr")
-#: The grid of ``--preset study`` (the default grid; nog-grad and nog-update-grad are left
+#: The grid of ``orthocond compare --preset gan-study`` (the default grid; nog-grad and nog-update-grad are left
 #: out to fit one CPU core for ~30 minutes: under Adam nog-grad is nog up to Adam's epsilon).
 GAN_STUDY_TREATMENTS = GAN_DEFAULT_TREATMENTS
 #: EigenGAN's weight of its soft orthogonality loss.
