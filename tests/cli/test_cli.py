@@ -83,7 +83,8 @@ def test_compare_failures_preset_sets_defaults_that_options_override():
     assert (args.seeds, args.eps, args.treatments) == (2, 1e-3, "bwd-exact")
     # without the preset nothing changes
     args = parse_args(["compare"])
-    assert (args.seeds, args.eps, args.batch_size, args.out) == (1, None, 128, None)
+    assert (args.seeds, args.eps, args.batch_size, args.out) == (1, None, None, None)
+    assert _config(args, compare=True).batch_size == 128  # None: the task's default
 
 
 def _config_of(argv):
