@@ -25,7 +25,7 @@ math needs (forward: sum, centre, two GEMMs; backward: two sums, one subtraction
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -70,7 +70,7 @@ class _CentredStatistics(torch.autograd.Function):
     """xg (B, G, c, P) -> centred xg, mean (G, c), covariance (G, c, c), value count."""
 
     @staticmethod
-    def forward(ctx, xg: Tensor, reduce: Optional[Reduce]):  # type: ignore[override]
+    def forward(ctx, xg: Tensor, reduce: Reduce | None):  # type: ignore[override]
         groups, c = xg.shape[1:3]
         sums = xg.sum(dim=(0, 3))
         count = torch.full((1,), float(xg.shape[0] * xg.shape[3]), dtype=xg.dtype, device=xg.device)

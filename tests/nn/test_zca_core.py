@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orthocond.nn import DecorrelatedBatchNorm1d, DecorrelatedBatchNorm2d, zca_whiten
-from orthocond.nn import _zca
+from orthocond.nn import DecorrelatedBatchNorm1d, DecorrelatedBatchNorm2d, _zca, zca_whiten
 
 
 def _plain_zca(x, groups, weight, bias, eps, mean=None, cov=None):
