@@ -79,7 +79,7 @@ def polar_express_coefficients(
     return tuple(coefs)
 
 
-def _polar_ns(G: Tensor, steps: int) -> Tensor:
+def _polar_ns(G: Tensor, steps: int, float64_steps: int = _GRAM_FLOAT64_STEPS) -> Tensor:
     """Polar Express on the Gram matrix of the smaller side.
 
     Every step multiplies X by a polynomial in its own Gram X Xᵀ, and polynomials of one
@@ -87,13 +87,14 @@ def _polar_ns(G: Tensor, steps: int) -> Tensor:
     ``A = X_0 X_0ᵀ`` (m × m for m <= n). The iteration runs on m × m matrices only:
     ``q = aI + bM + cM²``, ``Q ← qQ``, ``M ← qMq`` (= X_k X_kᵀ), and X is touched twice (the
     Gram and ``Q X_0``) instead of twice per step: on 256×2304, 8 steps cost ~2.8× less than
-    iterating on X. The Gram and the first ``_GRAM_FLOAT64_STEPS`` steps run in float64
-    (a float32 Gram loses the small singular values: 2.3e-3 error at κ = 1e3 instead of 1e-4).
+    iterating on X. The Gram and the first ``float64_steps`` steps run in float64 (a float32
+    Gram loses the small singular values: 2.3e-3 error at κ = 1e3 instead of 1e-4; the bench
+    times the variants).
     """
     wide = G.shape[-2] <= G.shape[-1]
     X = G if wide else G.transpose(-2, -1)
     work = X.dtype
-    X64 = X.to(torch.float64)
+    X64 = X.to(torch.float64 if float64_steps > 0 else work)
     gram = X64 @ X64.transpose(-2, -1)
     # ||X X^T||_F^{1/2} >= sigma_max: the normalised singular values lie in (0, 1].
     scale = torch.linalg.matrix_norm(gram).sqrt().clamp_min(safe_floor(work))[..., None, None]
@@ -101,7 +102,7 @@ def _polar_ns(G: Tensor, steps: int) -> Tensor:
     eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
     Q = None
     for k, (a, b, c) in enumerate(polar_express_coefficients(steps)):
-        if k == _GRAM_FLOAT64_STEPS and work != torch.float64:
+        if k == float64_steps and work != torch.float64:
             M, eye = M.to(work), eye.to(work)
             Q = Q.to(work) if Q is not None else None
         q = a * eye + b * M + c * (M @ M)
