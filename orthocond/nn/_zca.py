@@ -76,7 +76,7 @@ class _CentredStatistics(torch.autograd.Function):
         count = torch.full((1,), float(xg.shape[0] * xg.shape[3]), dtype=xg.dtype, device=xg.device)
         if reduce is not None:  # one all-reduce for the sums and the count
             packed = reduce(torch.cat([sums.reshape(-1), count]))
-            sums, count = packed[:-1].reshape(groups, c), packed[-1:]
+            sums, count = packed[:-1].reshape(groups, c), packed[-1:].clone()
         total = count.clamp_min(1.0)
         mean = sums / total
         centred = (xg - mean.unsqueeze(-1)).contiguous()
@@ -109,7 +109,11 @@ class _CentredStatistics(torch.autograd.Function):
 
 
 class _Whiten(torch.autograd.Function):
-    """y = diag(γ) W (x - s) + β over the (B, G, c, P) layout; W (G, c, c), γ, β, s (G, c)."""
+    """y = diag(γ) W (x - s) + β per group; x (B, G, c, P), W (G, c, c), γ, β, s (G, c).
+
+    Returns y as (B·G, c, P): a tensor of its own, not a view made inside the function (the
+    caller reshapes it), so that in-place ops on the layer output (``ReLU(inplace=True)``) work.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, W: Tensor, weight: Tensor | None, bias: Tensor | None,  # type: ignore[override]
@@ -121,24 +125,23 @@ class _Whiten(torch.autograd.Function):
             moved = -(scaled @ shift.unsqueeze(-1)).squeeze(-1)
             offset = moved if offset is None else offset + moved
         x3 = _bmm_view(x)
-        if offset is None:
-            y = torch.bmm(_per_sample(scaled, batch), x3)
-        else:
-            y = torch.baddbmm(_per_sample(offset.unsqueeze(-1), batch), _per_sample(scaled, batch), x3)
         ctx.save_for_backward(x, W, weight, shift)
-        return y.reshape(x.shape)
+        if offset is None:
+            return torch.bmm(_per_sample(scaled, batch), x3)
+        return torch.baddbmm(_per_sample(offset.unsqueeze(-1), batch), _per_sample(scaled, batch), x3)
 
     @staticmethod
     @once_differentiable  # the formula is not differentiable again: fail, never answer wrongly
-    def backward(ctx, gy: Tensor):  # type: ignore[override]
+    def backward(ctx, gy3: Tensor):  # type: ignore[override]
         x, W, weight, shift = ctx.saved_tensors
         need_x, need_w, need_weight, need_bias, need_shift = ctx.needs_input_grad
         batch = x.shape[0]
         scaled = W if weight is None else W * weight.unsqueeze(-1)
-        gy = gy.contiguous()
+        gy3 = gy3.contiguous()
+        gy = gy3.view(x.shape)
         g_x = g_W = g_weight = g_bias = g_shift = None
         if need_x:
-            g_x = torch.bmm(_per_sample(scaled.transpose(-2, -1), batch), _bmm_view(gy)).reshape(x.shape)
+            g_x = torch.bmm(_per_sample(scaled.transpose(-2, -1), batch), gy3).view(x.shape)
         g_sum = gy.sum(dim=(0, 3)) if (need_bias or need_shift or shift is not None) else None
         if need_w or need_weight:
             outer = (gy @ x.transpose(-2, -1)).sum(0)  # Σ ∂y xᵀ, (G, c, c)
@@ -190,9 +193,10 @@ def zca_core(
             centred, mean, cov, count = _CentredStatistics.apply(xg, reduce)
             if on_statistics is not None:
                 on_statistics(mean, cov, count)
-            y = _Whiten.apply(centred, whitening(cov), w, b, None)
+            y = _Whiten.apply(centred, whitening(cov), w, b, None).view(centred.shape)
         else:
             running_mean, running_whitening = running
             shift = running_mean.to(work.dtype).reshape(groups, c)
-            y = _Whiten.apply(xg.contiguous(), running_whitening(work.dtype), w, b, shift)
+            xg = xg.contiguous()
+            y = _Whiten.apply(xg, running_whitening(work.dtype), w, b, shift).view(xg.shape)
         return ungroup_channels(y, x.shape).to(x.dtype)

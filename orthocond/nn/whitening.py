@@ -340,6 +340,28 @@ class _DecorrelatedBatchNorm(nn.Module):
         self._check_input(x)
         return self._zca(x)
 
+    def whiten_batch(self, x: Tensor, copies: int = 1) -> Tensor:
+        """Whiten ``x`` with its own batch statistics; running statistics stay as they are.
+
+        ``copies > 1``: ``x`` (N, copies·C, *) holds ``copies`` inputs side by side in the
+        channel dim, each whitened as this layer whitens a batch alone (groups·copies groups,
+        γ and β repeated): how a probe evaluates stacked perturbed copies of a model with
+        each copy's own batch statistics in one call.
+        """
+        check_int(copies, "copies")
+        check_input(x, type(self).__name__, self._input_ndims, self.num_features * copies,
+                    self._layout)
+
+        def whitening(cov: Tensor) -> Tensor:
+            return zca_whitening_matrix(cov, self.eps, self.method, backward=self.backward,
+                                        iters=self.iters)
+
+        def repeat(p: Tensor | None) -> Tensor | None:
+            return None if p is None else p.repeat(copies)
+
+        return zca_core(x, self.groups * copies, weight=repeat(self.weight),
+                        bias=repeat(self.bias), whitening=whitening)
+
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, groups={self.groups}, eps={self.eps}, momentum={self.momentum}, "

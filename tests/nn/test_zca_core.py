@@ -83,3 +83,37 @@ def test_layers_and_functional_agree_on_1d_and_2d_inputs():
     y = layer(x4)
     torch.testing.assert_close(y, zca_whiten(x4), rtol=1e-6, atol=1e-6)
     assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("spatial", [(6, 6), (2, 2)], ids=["view-layout", "permuted-layout"])
+@pytest.mark.parametrize("training", [True, False])
+def test_inplace_op_on_the_output_keeps_the_gradient(spatial, training):
+    """Regression: a view made inside the whitening function broke ``ReLU(inplace=True)``."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 6, *spatial, generator=gen, dtype=torch.float64, requires_grad=True)
+    layer = DecorrelatedBatchNorm2d(6, groups=2, eps=1e-2).double()
+    layer(x.detach())  # running statistics for the eval case
+    layer.train(training)
+    y = torch.relu_(layer(x))
+    y.sum().backward()
+    expected, = torch.autograd.grad(torch.relu(layer(x)).sum(), x)
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_whiten_batch_whitens_each_folded_copy_alone_and_leaves_running_stats():
+    gen = torch.Generator().manual_seed(5)
+    layer = DecorrelatedBatchNorm2d(4, groups=2, eps=1e-3)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-1, 1)
+    a, b = torch.randn(2, 8, 4, 6, 6, generator=gen)
+    before = layer.running_cov.clone()
+    y = layer.whiten_batch(torch.cat([a, b], dim=1), copies=2)
+    assert torch.equal(layer.running_cov, before) and int(layer.num_batches_tracked) == 0
+    torch.testing.assert_close(y[:, :4], layer(a), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y[:, 4:], layer(b), rtol=1e-5, atol=1e-5)
+    layer.eval()
+    torch.testing.assert_close(layer.whiten_batch(a), zca_whiten(a, 2, weight=layer.weight,
+                               bias=layer.bias, eps=1e-3), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="expects 8 channels"):
+        layer.whiten_batch(a, copies=2)
