@@ -14,7 +14,7 @@ Two fused autograd functions keep the passes over the (c, N·L) activations to w
 math needs (forward: sum, centre, two GEMMs; backward: two sums, one subtraction, three GEMMs):
 
 * ``_CentredStatistics``: ``μ = Σ x / M``, ``x_c = x - μ1ᵀ``, ``Σ = x_c x_cᵀ / M`` (centred, so
-  that ``|μ| ≫ σ`` loses no digits). Backward ``∂x = ∂x_c - 1ᵀ∂x_c/M + (∂Σ + ∂Σᵀ) x_c / M`` (the
+  that ``|μ| ≫ σ`` loses no digits). Backward ``∂x = ∂x_c - (∂x_c 1 / M) 1ᵀ + (∂Σ + ∂Σᵀ) x_c / M`` (the
   covariance does not depend on μ at the mean), with the sums reduced over processes.
 * ``_Whiten``: ``y = diag(γ) W (x - s) + β`` as one ``baddbmm`` with the bias
   ``β - diag(γ) W s`` (``s`` = the running mean in eval mode, none in training, where x is
