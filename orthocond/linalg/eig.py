@@ -3,7 +3,8 @@
 Forward: ``A + εI = U diag(λ) U^T`` by ``torch.linalg.eigh`` of A in float64,
 ``f(A + εI) = U diag(f(λ)) U^T`` with ``f(λ) = λ^p``, ``p = ±1/2``. The regulariser ε (the
 ``eps`` of :func:`~orthocond.linalg.sqrtm`) joins in float64 in the eigenvalue domain,
-``λ = max(λ(A), 0) + ε``: a float32 A is known only to about λ_max·n·ε_float32, and adding
+``λ = |λ(A)| + ε`` (|λ| for noise-sized negative eigenvalues of the PSD A, 0 for clearly
+negative ones; see ``_eigh64``): a float32 A is known only to about λ_max·n·ε_float32, and adding
 ε to its diagonal in float32 (or flooring at that resolution) would replace a small ε by
 float32 noise (ZCA of a rank-27 stem at ε = 1e-5: 37 eigenvalues raised 5×, the input
 gradient 20-50 % off a float64 computation). Eigenvalues are then floored at
@@ -125,21 +126,25 @@ def _eigh_on_streams(flat: Tensor, count: int, shape: torch.Size) -> tuple[Tenso
 def _eigh64(A: Tensor, eps: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Eigenvalues of sym(A) + εI in float64: (floored values, vectors, unfloored values).
 
-    ``eps > 0``: the eigenvalues of A are clamped at 0 (A is PSD; negative values are rounding
-    noise) and ε is added in float64, so the user's ε is honoured exactly however small it is
-    against A's own resolution; the floor then only guards float64 resolution.
+    ``eps > 0``: ε is added in float64 to the eigenvalues of A, so the user's ε is honoured
+    exactly however small it is against A's own resolution; the floor then only guards
+    float64 resolution. A is PSD: an eigenvalue within A's rounding noise below 0
+    (``λ >= -λ_max·n·ε(dtype)``) counts by its magnitude ``|λ|``, a clearly negative one (an
+    indefinite A) as 0. Taking ``|λ|`` rather than 0 keeps noise eigenvalues distinct, as they
+    are in the matrix: clamping would tie them all exactly at ε, a degeneracy the data does
+    not have (the exact backward is indifferent; the unguarded textbook one would turn 1/0).
     ``eps == 0``: floored at λ_max·n·ε of A's dtype, the rounding noise of A itself.
     """
     A64 = sym(A.to(torch.float64))
     evals, evecs = _eigh_batched(A64)
     n = A.shape[-1]
+    noise = evals[..., -1:].clamp_min(0.0) * (n * float(torch.finfo(A.dtype).eps))
     if eps > 0:
-        evals = evals.clamp_min(0.0) + eps
-        resolution = _EPS64
+        evals = torch.where(evals >= -noise, evals.abs(), 0.0) + eps
+        lam_max = evals[..., -1:]
+        floor = torch.clamp(lam_max * (n * _EPS64), min=safe_floor(A.dtype))
     else:
-        resolution = float(torch.finfo(A.dtype).eps)
-    lam_max = evals[..., -1:].clamp_min(0.0)
-    floor = torch.clamp(lam_max * (n * resolution), min=safe_floor(A.dtype))
+        floor = torch.clamp(noise, min=safe_floor(A.dtype))
     return torch.maximum(evals, floor), evecs, evals
 
 

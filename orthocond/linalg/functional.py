@@ -77,8 +77,9 @@ def sqrtm(
       Matmuls only; a coarse root on ill-conditioned spectra (eigenvalue :math:`\lambda` of
       :math:`A/\mathrm{tr}A` maps to :math:`\approx 7.59\lambda` as :math:`\lambda\to 0` at N = 5).
     * ``"eig"``: ``torch.linalg.eigh`` in float64, :math:`U \Lambda^{1/2} U^T`; ``eps`` is added
-      in float64 to the eigenvalues clamped at 0 (honoured exactly even below the input
-      dtype's resolution), then eigenvalues are floored at
+      in float64 to the eigenvalues (honoured exactly even below the input dtype's
+      resolution; negative eigenvalues count by their magnitude where they are rounding
+      noise, as 0 where A is clearly indefinite), then eigenvalues are floored at
       :math:`\max(\lambda_{max} n\,\epsilon_{res}, \sqrt{\mathrm{tiny}})` with
       :math:`\epsilon_{res}` of float64 when ``eps > 0``, of the input dtype when ``eps = 0``
       (see :mod:`orthocond.linalg.eig`). ``backward`` picks
