@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._utils import safe_floor, sym
+from ._utils import is_compiling, safe_floor, sym
 
 BACKWARDS = ("exact", "svd", "taylor", "pade")
 UNSAFE_BACKWARDS = ("svd-unguarded",)
@@ -184,11 +184,27 @@ def _divided_difference(
     return torch.where(off, L, diag)
 
 
+# Elements per Horner block: the 49 passes of one block stay in the CPU cache (one pass per
+# step over a (32, 256, 256) float64 batch made the Padé backward 2.4x slower than "exact").
+_HORNER_BLOCK = 1 << 15
+
+
 def _pade_geometric(r: Tensor) -> Tensor:
     """P(r)/Q(r) of the [50/50] approximant of 1/(1 - r), by Horner in float64."""
+    if r.is_cuda or is_compiling() or r.numel() <= _HORNER_BLOCK:
+        return _pade_horner(r)
+    flat = r.reshape(-1)
+    out = torch.empty_like(flat)
+    for start in range(0, flat.numel(), _HORNER_BLOCK):
+        block = slice(start, start + _HORNER_BLOCK)
+        out[block] = _pade_horner(flat[block])
+    return out.reshape(r.shape)
+
+
+def _pade_horner(r: Tensor) -> Tensor:
     p = torch.ones_like(r)
     for _ in range(49):
-        p = 1.0 + r * p
+        p = torch.addcmul(p.new_ones(()), r, p)  # 1 + r p, one pass
     # Q(r) = 1 - r^50 vanishes at r = 1: exact ties become infinite, then nan_to_num.
     return p / (1.0 - r.pow(50))
 
