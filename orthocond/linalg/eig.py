@@ -46,9 +46,10 @@ One more variant exists to *measure* failures, never to train with (:data:`UNSAF
   through ``eigh``, in the dtype of the incoming gradient: ``∂l/∂U = 2 Ḡ U f(Λ)``,
   ``∂l/∂Λ = diag(Uᵀ Ḡ U) f'(Λ)``, ``∂l/∂A = sym(U [Kᵀ ∘ (Uᵀ ∂l/∂U) + ∂l/∂Λ] Uᵀ)`` with
   ``K_ij = 1 / (λi - λj)`` and no guard. The two huge terms of a near-tie cancel only in
-  exact arithmetic, and a tie (the floored null eigenvalues of a rank-deficient covariance)
-  gives ``1/0``: the gradient turns Inf/NaN. It breaks the "finite for finite input" rule
-  on purpose; ``orthocond compare --preset failures`` counts the runs it kills.
+  exact arithmetic, and a tie (the floored null eigenvalues of a rank-deficient covariance
+  without ε, a repeated eigenvalue) gives ``1/0``: the gradient turns Inf/NaN. It breaks the
+  "finite for finite input" rule on purpose; ``orthocond compare --preset failures`` counts
+  the runs it kills (none since ε joins in float64 and no longer ties the ε-eigenvalues).
 """
 
 from __future__ import annotations
