@@ -56,7 +56,8 @@ SHAPE_NAMES = {
 STEP_MODELS = ("auto", "tiny", "resnet50")
 ZCA_EPS = 1e-5
 
-# Sizes: GPU anchors of the issue, CPU defaults (whole CPU run < 60 s on 2 cores), --quick.
+# Sizes: GPU anchors of the issue; CPU defaults, the sizes of the side-by-side comparison with the
+# published layers (whole CPU run ~45 s with 1 torch thread on 2 cores); --quick.
 GPU_SIZES: dict[str, tuple[tuple[int, ...], ...]] = {
     "gcp": ((128, 256, 14, 14),),
     "zca": ((128, 64, 32, 32),),
