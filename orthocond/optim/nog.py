@@ -98,6 +98,32 @@ def _svd_polar(X: Tensor, rtol: float | None) -> Tensor:
     return (U * keep.to(U.dtype).unsqueeze(-2)) @ Vh
 
 
+# Below this many columns (of the tall orientation) a float32 polar factor on the CPU comes
+# from the float64 eigendecomposition of the Gram: faster than LAPACK's float32 SVD there
+# (64 x 27: ~0.11 vs ~0.14 ms, 1 thread) and as accurate (float32 products are exact in
+# float64, so the Gram's eigenvalues are exact to ~1e-16 * sigma_1^2, far below the cut).
+_GRAM_MAX_COLS = 32
+
+
+def _gram_polar(X: Tensor) -> Tensor | None:
+    """float32 tall ``X (Tensor[..., m, n])`` -> U V^T via ``eigh`` of the float64 Gram
+    ``X^T X = V diag(sigma^2) V^T``: ``R = X V diag(1/sigma) V^T`` over the singular values
+    above the numerical-rank cut (``max(m, n) * eps_float32 * sigma_1``). None if a matrix
+    is zero or not finite (float32's largest value squared is finite in float64)."""
+    Xd = X.double()
+    try:
+        L, V = torch.linalg.eigh(Xd.mT @ Xd)
+    except torch.linalg.LinAlgError:
+        return None
+    top = L[..., -1:]
+    if not all(0 < v < math.inf for v in top.reshape(-1).tolist()):  # also False for NaN
+        return None
+    tol = max(X.shape[-2:]) * torch.finfo(torch.float32).eps
+    keep = L > top * (tol * tol)
+    inv = torch.where(keep, L.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), 0.0)
+    return (Xd @ ((V * inv.unsqueeze(-2)) @ V.mT)).float()
+
+
 def _svd_polar_cpu(Y: Tensor, rtol: float | None) -> Tensor | None:
     """:func:`_svd_polar` for a CPU batch of tall matrices with the fewest tensor ops
     (reading CPU values costs no synchronisation); None if a matrix is zero or non-finite
@@ -107,9 +133,14 @@ def _svd_polar_cpu(Y: Tensor, rtol: float | None) -> Tensor | None:
     extra elementwise op costs several microseconds. So the SVD itself is the validity
     check (LAPACK raises on NaN/Inf, sigma_1 = 0 means a zero matrix), a batch of one calls
     the unbatched SVD (fewer copies), LAPACK's gesdd rescales badly scaled input itself, and
-    the rank cut masks only when a singular value actually falls below it.
+    the rank cut masks only when a singular value actually falls below it. Narrow float32
+    matrices take :func:`_gram_polar`.
     """
     X = Y[0] if Y.shape[0] == 1 else Y
+    if rtol is None and X.dtype == torch.float32 and X.shape[-1] <= _GRAM_MAX_COLS:
+        R = _gram_polar(X)
+        if R is not None:
+            return R.unsqueeze(0) if Y.shape[0] == 1 else R
     try:
         U, S, Vh = torch.linalg.svd(X, full_matrices=False)
     except torch.linalg.LinAlgError:
