@@ -382,3 +382,21 @@ def test_batched_core_cpu_fast_path_matches_the_masked_path():
         for i in range(3):
             # float32 rounding noise of the rank-one matrix (~1e-7 sigma_1) is cut too
             assert torch.allclose(fast[i].double(), polar_ref(A[i], cut=1e-5), atol=2e-5)
+
+
+@pytest.mark.parametrize("kappa", [1.0, 1e2, 1e4])
+@pytest.mark.parametrize("shape", [(64, 27), (27, 64), (64, 576)])
+def test_float32_polar_is_as_accurate_as_float64_of_the_same_input(shape, kappa):
+    # narrow float32 matrices take the float64 Gram path, wider ones the tall SVD: both must
+    # stay at float32 rounding of the float64 polar factor of the same float32 input
+    gen = torch.Generator().manual_seed(int(kappa))
+    m, n = shape
+    k = min(m, n)
+    U, _ = torch.linalg.qr(torch.randn(m, k, generator=gen, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64))
+    S = torch.logspace(0, -math.log10(kappa), k, dtype=torch.float64)
+    G = ((U * S) @ V.T).float()
+    R = optim.nearest_orthogonal_gradient(G).double()
+    ref = polar_ref(G)
+    err = (torch.linalg.matrix_norm(R - ref) / math.sqrt(k)).item()
+    assert err < 1e-6 * max(1.0, kappa / 10)
