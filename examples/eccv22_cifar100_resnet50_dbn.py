@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from orthocond.training import TrainConfig, train
+from orthocond.train import TrainConfig, train
 
 PAPER = dict(
     task="dbn", arch="resnet50", dataset="cifar100", epochs=350, batch_size=128, lr=0.1,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from orthocond.training import TrainConfig, train
+from orthocond.train import TrainConfig, train
 
 PAPER = dict(
     task="gcp", arch="resnet50", dataset="imagefolder", epochs=65, batch_size=160, lr=0.1,

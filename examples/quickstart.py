@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 import optim
+from orthocond.analysis import ConditionMonitor
 from orthocond.data import load_dataset
-from orthocond.diagnostics import ConditionMonitor
 from orthocond.models import cifar_resnet18, pre_svd_parameters
 
 

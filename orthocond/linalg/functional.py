@@ -8,9 +8,9 @@ from torch import Tensor
 from ._utils import (
     add_diagonal,
     check_choice,
-    check_eps,
+    check_float,
+    check_int,
     check_matrix,
-    check_positive_int,
     compute_dtype,
     no_autocast,
     sym,
@@ -37,15 +37,15 @@ def _matrix_root(
     check_matrix(A, "A")
     check_choice(method, "method", METHODS)
     check_choice(backward, "backward", ALL_BACKWARDS)
-    check_eps(eps)
+    check_float(eps, "eps", low=0)
     if method != "eig" and backward != "exact":
         raise ValueError(
             f"backward={backward!r} applies to method='eig' only; method={method!r} has its own "
             "backward (ns: autograd through the iterations, mpa: Lyapunov)"
         )
     if iters is not None:
-        check_positive_int(iters, "iters")
-    check_positive_int(degree, "taylor_degree")
+        check_int(iters, "iters")
+    check_int(degree, "taylor_degree")
     work = compute_dtype(A.dtype)
     with no_autocast(A.device.type):
         X = add_diagonal(A.to(work), float(eps))

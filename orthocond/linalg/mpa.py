@@ -22,8 +22,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._utils import (
+    check_int,
     check_matrix,
-    check_positive_int,
     is_compiling,
     safe_floor,
     sym,
@@ -82,7 +82,7 @@ def lyapunov_sign(B: Tensor, C: Tensor, iters: int = 8) -> Tensor:
         check_matrix(C, "C")
         if C.shape != B.shape:
             raise ValueError(f"C must have the shape of B {tuple(B.shape)}, got {tuple(C.shape)}")
-        check_positive_int(iters, "iters")
+        check_int(iters, "iters")
     return _lyapunov_sign(B, C, iters)
 
 

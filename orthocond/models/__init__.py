@@ -7,9 +7,11 @@ from orthocond.ortho.pre_svd import pre_svd_modules, pre_svd_parameters
 
 from .resnet import (
     ResNet,
+    cifar_resnet,
     cifar_resnet18,
     cifar_resnet34,
     cifar_resnet50,
+    gcp_resnet,
     gcp_resnet18,
     gcp_resnet50,
     gcp_resnet101,
@@ -17,9 +19,11 @@ from .resnet import (
 
 __all__ = [
     "ResNet",
+    "cifar_resnet",
     "cifar_resnet18",
     "cifar_resnet34",
     "cifar_resnet50",
+    "gcp_resnet",
     "gcp_resnet18",
     "gcp_resnet50",
     "gcp_resnet101",

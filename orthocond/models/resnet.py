@@ -20,7 +20,8 @@ bias 0 (also the affine of the decorrelated BN); SOC keeps its own init.
 
 from __future__ import annotations
 
-from typing import Union
+import inspect
+from typing import Any, Callable, Union
 
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -29,10 +30,15 @@ from orthocond.nn import DecorrelatedBatchNorm2d, GlobalCovPool, SkewOrthogonalC
 from orthocond.nn._common import check_input, check_int
 
 __all__ = [
+    "CIFAR_DEPTHS",
+    "DEPTHS",
+    "GCP_DEPTHS",
     "ResNet",
+    "cifar_resnet",
     "cifar_resnet18",
     "cifar_resnet34",
     "cifar_resnet50",
+    "gcp_resnet",
     "gcp_resnet18",
     "gcp_resnet50",
     "gcp_resnet101",
@@ -138,20 +144,54 @@ def _check_common(num_classes: int, in_channels: int, width: int) -> None:
     check_int(width, "width")
 
 
-def _cifar_resnet(
-    block: Block,
-    layers: tuple[int, int, int, int],
-    num_classes: int,
-    in_channels: int,
-    width: int,
-    whitening: bool,
-    method: str,
-    backward: str,
-    eps: float,
-    groups: int,
-    stem: str,
-    iters: int | None,
+def _at_depth(builder: Callable[..., ResNet], depth: int) -> Callable[..., ResNet]:
+    """``builder`` with its depth fixed: a function named ``<builder><depth>`` whose signature
+    is the builder's without ``depth`` (the per-depth names of torchvision's API)."""
+
+    def build(*args: Any, **kwargs: Any) -> ResNet:
+        return builder(depth, *args, **kwargs)
+
+    build.__name__ = build.__qualname__ = f"{builder.__name__}{depth}"
+    build.__module__ = builder.__module__
+    signature = inspect.signature(builder)
+    build.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    return build
+
+
+#: The ResNet depths: block type and blocks per stage (torchvision's table).
+DEPTHS: dict[int, tuple[Block, tuple[int, int, int, int]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+}
+CIFAR_DEPTHS = (18, 34, 50)
+GCP_DEPTHS = (18, 50, 101)
+
+
+def _spec(depth: int, allowed: tuple[int, ...], family: str) -> tuple[Block, tuple[int, int, int, int]]:
+    if depth not in allowed:
+        raise ValueError(f"depth of a {family} must be one of {allowed}, got {depth!r}")
+    return DEPTHS[depth]
+
+
+def cifar_resnet(
+    depth: int,
+    num_classes: int = 10,
+    *,
+    in_channels: int = 3,
+    width: int = 64,
+    whitening: bool = True,
+    method: str = "eig",
+    backward: str = "exact",
+    eps: float = 1e-2,
+    groups: int = 1,
+    stem: str = "conv",
+    iters: int | None = None,
 ) -> ResNet:
+    """CIFAR-style ResNet of ``depth`` (18, 34 or 50) with decorrelated BN after the stem;
+    ``cifar_resnet18(...)`` is ``cifar_resnet(18, ...)`` (see there for the arguments)."""
+    block, layers = _spec(depth, CIFAR_DEPTHS, "cifar_resnet")
     _check_common(num_classes, in_channels, width)
     if stem == "conv":
         conv: nn.Module = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
@@ -204,63 +244,9 @@ _CIFAR_DOC = """CIFAR-style ResNet-{depth} ({blocks}) with decorrelated BN after
     """
 
 
-def cifar_resnet18(
-    num_classes: int = 10,
-    *,
-    in_channels: int = 3,
-    width: int = 64,
-    whitening: bool = True,
-    method: str = "eig",
-    backward: str = "exact",
-    eps: float = 1e-2,
-    groups: int = 1,
-    stem: str = "conv",
-    iters: int | None = None,
-) -> ResNet:
-    return _cifar_resnet(
-        BasicBlock, (2, 2, 2, 2), num_classes, in_channels, width, whitening,
-        method, backward, eps, groups, stem, iters,
-    )  # fmt: skip
-
-
-def cifar_resnet34(
-    num_classes: int = 10,
-    *,
-    in_channels: int = 3,
-    width: int = 64,
-    whitening: bool = True,
-    method: str = "eig",
-    backward: str = "exact",
-    eps: float = 1e-2,
-    groups: int = 1,
-    stem: str = "conv",
-    iters: int | None = None,
-) -> ResNet:
-    return _cifar_resnet(
-        BasicBlock, (3, 4, 6, 3), num_classes, in_channels, width, whitening,
-        method, backward, eps, groups, stem, iters,
-    )  # fmt: skip
-
-
-def cifar_resnet50(
-    num_classes: int = 10,
-    *,
-    in_channels: int = 3,
-    width: int = 64,
-    whitening: bool = True,
-    method: str = "eig",
-    backward: str = "exact",
-    eps: float = 1e-2,
-    groups: int = 1,
-    stem: str = "conv",
-    iters: int | None = None,
-) -> ResNet:
-    return _cifar_resnet(
-        Bottleneck, (3, 4, 6, 3), num_classes, in_channels, width, whitening,
-        method, backward, eps, groups, stem, iters,
-    )  # fmt: skip
-
-
+cifar_resnet18 = _at_depth(cifar_resnet, 18)
+cifar_resnet34 = _at_depth(cifar_resnet, 34)
+cifar_resnet50 = _at_depth(cifar_resnet, 50)
 cifar_resnet18.__doc__ = _CIFAR_DOC.format(depth=18, blocks="basic blocks [2, 2, 2, 2]", expansion="")
 cifar_resnet34.__doc__ = _CIFAR_DOC.format(depth=34, blocks="basic blocks [3, 4, 6, 3]", expansion="")
 cifar_resnet50.__doc__ = _CIFAR_DOC.format(
@@ -268,20 +254,23 @@ cifar_resnet50.__doc__ = _CIFAR_DOC.format(
 )
 
 
-def _gcp_resnet(
-    block: Block,
-    layers: tuple[int, int, int, int],
-    num_classes: int,
-    in_channels: int,
-    head: str,
-    reduced_channels: int | None,
-    method: str,
-    iters: int | None,
-    backward: str,
-    cifar_stem: bool,
-    width: int,
-    eps: float,
+def gcp_resnet(
+    depth: int,
+    num_classes: int = 1000,
+    *,
+    in_channels: int = 3,
+    head: str = "gcp",
+    reduced_channels: int | None = 256,
+    method: str = "ns",
+    iters: int | None = 5,
+    backward: str = "exact",
+    cifar_stem: bool = False,
+    width: int = 64,
+    eps: float = 0.0,
 ) -> ResNet:
+    """ImageNet-style ResNet of ``depth`` (18, 50 or 101) with a GCP head;
+    ``gcp_resnet50(...)`` is ``gcp_resnet(50, ...)`` (see there for the arguments)."""
+    block, layers = _spec(depth, GCP_DEPTHS, "gcp_resnet")
     _check_common(num_classes, in_channels, width)
     if cifar_stem:
         conv = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
@@ -338,63 +327,9 @@ _GCP_DOC = """ImageNet-style ResNet-{depth} ({blocks}) with a global covariance 
     """
 
 
-def gcp_resnet18(
-    num_classes: int = 1000,
-    *,
-    in_channels: int = 3,
-    head: str = "gcp",
-    reduced_channels: int | None = 256,
-    method: str = "ns",
-    iters: int | None = 5,
-    backward: str = "exact",
-    cifar_stem: bool = False,
-    width: int = 64,
-    eps: float = 0.0,
-) -> ResNet:
-    return _gcp_resnet(
-        BasicBlock, (2, 2, 2, 2), num_classes, in_channels, head, reduced_channels,
-        method, iters, backward, cifar_stem, width, eps,
-    )  # fmt: skip
-
-
-def gcp_resnet50(
-    num_classes: int = 1000,
-    *,
-    in_channels: int = 3,
-    head: str = "gcp",
-    reduced_channels: int | None = 256,
-    method: str = "ns",
-    iters: int | None = 5,
-    backward: str = "exact",
-    cifar_stem: bool = False,
-    width: int = 64,
-    eps: float = 0.0,
-) -> ResNet:
-    return _gcp_resnet(
-        Bottleneck, (3, 4, 6, 3), num_classes, in_channels, head, reduced_channels,
-        method, iters, backward, cifar_stem, width, eps,
-    )  # fmt: skip
-
-
-def gcp_resnet101(
-    num_classes: int = 1000,
-    *,
-    in_channels: int = 3,
-    head: str = "gcp",
-    reduced_channels: int | None = 256,
-    method: str = "ns",
-    iters: int | None = 5,
-    backward: str = "exact",
-    cifar_stem: bool = False,
-    width: int = 64,
-    eps: float = 0.0,
-) -> ResNet:
-    return _gcp_resnet(
-        Bottleneck, (3, 4, 23, 3), num_classes, in_channels, head, reduced_channels,
-        method, iters, backward, cifar_stem, width, eps,
-    )  # fmt: skip
-
-
+gcp_resnet18 = _at_depth(gcp_resnet, 18)
+gcp_resnet50 = _at_depth(gcp_resnet, 50)
+gcp_resnet101 = _at_depth(gcp_resnet, 101)
 gcp_resnet18.__doc__ = _GCP_DOC.format(depth=18, blocks="basic blocks [2, 2, 2, 2]", channels=512)
 gcp_resnet50.__doc__ = _GCP_DOC.format(depth=50, blocks="bottlenecks [3, 4, 6, 3]", channels=2048)
 gcp_resnet101.__doc__ = _GCP_DOC.format(depth=101, blocks="bottlenecks [3, 4, 23, 3]", channels=2048)

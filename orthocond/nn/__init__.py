@@ -5,16 +5,26 @@ covariance through :mod:`orthocond.linalg`. Each has a plain attribute
 ``capture_covariance`` (default False, not in the state_dict); when True, forward stores
 the covariance it fed to the matrix function (ε on the diagonal included) as
 ``captured_covariance`` (detached; GlobalCovPool: Tensor[B, d, d], decorrelated BN:
-Tensor[G, c, c]) for :mod:`orthocond.diagnostics`.
+Tensor[G, c, c]) for :class:`orthocond.analysis.ConditionMonitor`.
 
 The layer feeding a meta-layer (the "Pre-SVD layer") is marked with the attribute
 ``is_pre_svd = True`` (GlobalCovPool marks its reduction conv; the model builders mark
-the stem conv); :func:`orthocond.models.pre_svd_parameters` collects those weights.
+the stem conv); :func:`orthocond.ortho.pre_svd_parameters` collects those weights. :mod:`.meta` finds the
+meta-layers, switches their matrix function and pauses their capture (:func:`meta_layer_mode`).
 """
 
 from __future__ import annotations
 
 from .covpool import GlobalCovPool, global_cov_pool, pooled_covariance, triu_vectorize
+from .meta import (
+    KEEP,
+    META_LAYERS,
+    find_meta_layers,
+    meta_layer_methods,
+    meta_layer_mode,
+    plain_module_name,
+    set_meta_layer_method,
+)
 from .soc import SkewOrthogonalConv2d, conv_norm_bound_matrices
 from .sync_whitening import (
     SyncDecorrelatedBatchNorm1d,
@@ -28,11 +38,8 @@ from .whitening import (
     zca_whitening_matrix,
 )
 
-#: The meta-layer classes (layers with a matrix-function of a covariance inside; the
-#: synchronised decorrelated BNs are subclasses, so ``isinstance`` checks cover them).
-META_LAYERS = (GlobalCovPool, DecorrelatedBatchNorm2d, DecorrelatedBatchNorm1d)
-
 __all__ = [
+    "KEEP",
     "META_LAYERS",
     "DecorrelatedBatchNorm1d",
     "DecorrelatedBatchNorm2d",
@@ -42,8 +49,13 @@ __all__ = [
     "SyncDecorrelatedBatchNorm2d",
     "conv_norm_bound_matrices",
     "convert_sync_decorrelated_batchnorm",
+    "find_meta_layers",
     "global_cov_pool",
+    "meta_layer_methods",
+    "meta_layer_mode",
+    "plain_module_name",
     "pooled_covariance",
+    "set_meta_layer_method",
     "triu_vectorize",
     "zca_whiten",
     "zca_whitening_matrix",

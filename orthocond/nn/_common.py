@@ -1,4 +1,4 @@
-"""Argument checks shared by the meta-layers of :mod:`orthocond.nn`."""
+"""Argument checks of the meta-layers of :mod:`orthocond.nn`, built on :mod:`orthocond._checks`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from orthocond import linalg
-from orthocond.linalg._utils import compute_dtype, is_compiling, no_autocast
+from orthocond._checks import check_bool, check_float, check_int, is_compiling
+from orthocond.linalg._utils import compute_dtype, no_autocast
 
 __all__ = [
     "check_bool",
@@ -22,26 +23,9 @@ __all__ = [
 ]
 
 
-def check_bool(value: Any, name: str) -> None:
-    """Raise ``TypeError`` unless ``value`` is a bool (``bool("no")`` would silently be True)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
-def check_int(value: Any, name: str, *, minimum: int = 1) -> None:
-    """Raise unless ``value`` is an int (not a bool) that is at least ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def check_nonneg_float(value: Any, name: str) -> None:
     """Raise unless ``value`` is a finite real number >= 0."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    check_float(value, name, low=0)
 
 
 def check_matrix_function(method: Any, backward: Any, iters: Any) -> None:

@@ -12,22 +12,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from orthocond._checks import check_float, check_int
 from orthocond.linalg import polar
-
-
-def _check_float(value: object, name: str, low: float, high: float | None = None, *,
-                 open_low: bool = False, open_high: bool = True) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    if ok:
-        ok = value > low if open_low else value >= low
-    if ok and high is not None:
-        ok = value < high if open_high else value <= high
-    if not ok:
-        lo = "(" if open_low else "["
-        hi = ")" if open_high else "]"
-        raise ValueError(f"{name} must be a float in {lo}{low}, {high if high is not None else 'inf'}"
-                         f"{hi}, got {value!r}")
-    return float(value)
 
 
 def _to_stiefel(p: Tensor) -> tuple[Tensor, bool]:
@@ -80,9 +66,9 @@ class _StiefelOptimizer(Optimizer):
         super().add_param_group(param_group)
         try:
             self._check_group(self.param_groups[-1])
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             self.param_groups.pop()
-            raise ValueError(f"param group {len(self.param_groups)}: {exc}") from None
+            raise type(exc)(f"param group {len(self.param_groups)}: {exc}") from None
 
     def _check_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -108,13 +94,11 @@ class _StiefelOptimizer(Optimizer):
     def _check_common(lr: object, q: object, s: object, eps: object, polish: object) -> None:
         if isinstance(lr, Tensor) and lr.ndim == 0 and lr.is_floating_point():
             lr = float(lr)  # a 0-dim tensor lr, as torch.optim accepts
-        _check_float(lr, "lr", 0.0)
-        _check_float(q, "q", 0.0, 1.0, open_low=True)
-        if not isinstance(s, int) or isinstance(s, bool) or s < 1:
-            raise ValueError(f"s must be a positive int (Cayley fixed-point iterations), got {s!r}")
-        _check_float(eps, "eps", 0.0, open_low=True)
-        if not isinstance(polish, int) or isinstance(polish, bool) or polish < 0:
-            raise ValueError(f"polish must be an int >= 0, got {polish!r}")
+        check_float(lr, "lr", low=0.0)
+        check_float(q, "q", low=0.0, low_open=True, high=1.0, high_open=True)
+        check_int(s, "s")  # Cayley fixed-point iterations
+        check_float(eps, "eps", low=0.0, low_open=True)
+        check_int(polish, "polish", minimum=0)
 
 
 class CayleySGD(_StiefelOptimizer):
@@ -179,17 +163,15 @@ class CayleySGD(_StiefelOptimizer):
         stiefel: bool = True,
         polish: int = 2,
     ) -> None:
-        self._check_common(lr, q, s, eps, polish)
-        _check_float(momentum, "momentum", 0.0, 1.0)
-        _check_float(weight_decay, "weight_decay", 0.0)
+        # every group, these defaults included, is checked by add_param_group
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, q=q, s=s, eps=eps,
                         stiefel=stiefel, polish=polish)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         self._check_common(group["lr"], group["q"], group["s"], group["eps"], group["polish"])
-        _check_float(group["momentum"], "momentum", 0.0, 1.0)
-        _check_float(group["weight_decay"], "weight_decay", 0.0)
+        check_float(group["momentum"], "momentum", low=0.0, high=1.0, high_open=True)
+        check_float(group["weight_decay"], "weight_decay", low=0.0)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -274,13 +256,7 @@ class CayleyAdam(_StiefelOptimizer):
         stiefel: bool = True,
         polish: int = 2,
     ) -> None:
-        self._check_common(lr, q, s, eps, polish)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair of floats in [0, 1), got {betas!r}")
-        _check_float(betas[0], "betas[0]", 0.0, 1.0)
-        _check_float(betas[1], "betas[1]", 0.0, 1.0)
-        _check_float(weight_decay, "weight_decay", 0.0)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, q=q, s=s,
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas, eps=eps, weight_decay=weight_decay, q=q, s=s,
                         stiefel=stiefel, polish=polish)
         super().__init__(params, defaults)
 
@@ -289,9 +265,9 @@ class CayleyAdam(_StiefelOptimizer):
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair of floats in [0, 1), got {betas!r}")
-        _check_float(betas[0], "betas[0]", 0.0, 1.0)
-        _check_float(betas[1], "betas[1]", 0.0, 1.0)
-        _check_float(group["weight_decay"], "weight_decay", 0.0)
+        check_float(betas[0], "betas[0]", low=0.0, high=1.0, high_open=True)
+        check_float(betas[1], "betas[1]", low=0.0, high=1.0, high_open=True)
+        check_float(group["weight_decay"], "weight_decay", low=0.0)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

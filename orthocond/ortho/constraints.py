@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from orthocond._checks import as_weight_matrix, check_bool, check_float, check_int
 from orthocond.linalg import inv_sqrtm, polar
-from orthocond.linalg._utils import check_positive_int, compute_dtype, no_autocast
+from orthocond.linalg._utils import compute_dtype, no_autocast
 
 TRIVIALIZATIONS = ("expm", "cayley")
 
@@ -38,26 +39,8 @@ def _check_weight(module: object, name: object, owner: str) -> Tensor:
         )
     if tensor.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{owner}: {name} must be float32 or float64, got {tensor.dtype}")
-    if tensor.ndim < 2:
-        raise ValueError(
-            f"{owner}: {name} must have at least 2 dims (Linear (out, in) or Conv "
-            f"(C_out, C_in, kh, kw)), got shape {tuple(tensor.shape)}"
-        )
-    if tensor.numel() == 0:
-        raise ValueError(f"{owner}: {name} must be non-empty, got shape {tuple(tensor.shape)}")
+    as_weight_matrix(tensor, f"{owner}: {name}", finite=False)
     return tensor
-
-
-def _check_float(value: object, name: str, *, positive: bool) -> float:
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or (value <= 0 if positive else value < 0)
-    ):
-        need = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite float {need}, got {value!r}")
-    return float(value)
 
 
 class FlattenedOrthogonal(nn.Module):
@@ -288,12 +271,11 @@ class OWN(nn.Module):
 
 
 def _check_gain_options(eps: object, scale: object, centering: object, learnable_scale: object) -> None:
-    _check_float(eps, "eps", positive=True)
-    _check_float(scale, "scale", positive=True)
+    check_float(eps, "eps", low=0, low_open=True)
+    check_float(scale, "scale", low=0, low_open=True)
     if not (isinstance(centering, bool) or centering == "auto"):
         raise TypeError(f"centering must be a bool or 'auto', got {centering!r}")
-    if not isinstance(learnable_scale, bool):
-        raise TypeError("learnable_scale must be bool")
+    check_bool(learnable_scale, "learnable_scale")
 
 
 def _resolve_centering(centering: bool | str, rows: int, cols: int) -> bool:
@@ -340,7 +322,7 @@ def oni(module: nn.Module, name: str = "weight", *, iters: int = 5, eps: float =
         True
     """
     weight = _check_weight(module, name, "oni")
-    check_positive_int(iters, "iters")
+    check_int(iters, "iters")
     _check_gain_options(eps, scale, centering, learnable_scale)
     rows, cols = weight.shape[0], weight[0].numel()
     param = ONI(weight.shape, iters, float(eps), float(scale),
@@ -373,7 +355,7 @@ def own(module: nn.Module, name: str = "weight", *, group_size: int | None = Non
     """
     weight = _check_weight(module, name, "own")
     if group_size is not None:
-        check_positive_int(group_size, "group_size")
+        check_int(group_size, "group_size")
     _check_gain_options(eps, scale, centering, learnable_scale)
     rows, cols = weight.shape[0], weight[0].numel()
     group_rows = min(group_size or rows, rows)

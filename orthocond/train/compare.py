@@ -1,0 +1,185 @@
+"""Comparing treatments: a grid of runs (treatments x seeds), in parallel processes on the
+CPU, aggregated into one table with plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+
+from orthocond._checks import check_int
+from orthocond._io import atomic_write, jsonable
+from orthocond.data import DataSplits, load_dataset
+
+from .config import TrainConfig
+from .distributed import ddp_active, distributed_env
+from .plots import plot_compare, plot_compare_landscape
+from .result import RunResult, aggregate, format_number, format_table
+from .trainer import Trainer
+from .treatments import DEFAULT_TREATMENTS, FAILURE_TREATMENTS, parse_treatment
+
+__all__ = ["COMPARE_DEFAULTS", "COMPARE_PRESETS", "compare", "slug"]
+
+#: Where ``orthocond compare``'s defaults differ from :class:`TrainConfig`'s: a condition
+#: record every 2 steps (the quick MNIST runs have few).
+COMPARE_DEFAULTS: dict[str, Any] = {"monitor_every": 2}
+
+#: ``orthocond compare --preset NAME``: defaults of the compare options (explicit options
+#: win). failures: the paper DBN eps 1e-5 and short noisy runs (64 steps of batch 32), 8 seeds
+#: per treatment, where the unguarded textbook eigen-gradient NaNs (72 runs, ~6 minutes on 2
+#: cores).
+COMPARE_PRESETS: dict[str, dict[str, Any]] = {
+    "failures": {
+        "eps": 1e-5, "lr": 0.1, "batch_size": 32, "limit_train": 2048, "epochs": 1,
+        "augment": False, "seeds": 8, "monitor_every": 4,
+        "treatments": ",".join(FAILURE_TREATMENTS), "out": str(Path("runs") / "failures"),
+    },
+}  # fmt: skip
+
+
+def compare(
+    base: TrainConfig,
+    treatments: Sequence[str] = DEFAULT_TREATMENTS,
+    *,
+    seeds: int = 1,
+    out: Union[str, os.PathLike, None] = None,
+    data: DataSplits | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
+) -> tuple[list[dict[str, Any]], list[RunResult]]:
+    """Run every treatment for seeds ``base.seed .. base.seed + seeds - 1`` and aggregate.
+
+    Failed runs (non-finite values, divergence, eigensolver errors) are counted, not
+    raised. With ``out``: ``compare.md``, ``compare.json``, ``condition.png`` (log10 κ vs
+    step, one line per treatment), ``accuracy.png`` and ``runs/<treatment>-s<seed>/``
+    (metrics.jsonl, steps.csv, summary.json).
+
+    Args:
+        base (TrainConfig): settings shared by all runs (its treatment fields are replaced).
+        treatments (sequence of str): treatment names (:func:`parse_treatment`).
+        seeds (int): runs per treatment. Default 1.
+        out (path, optional): output folder.
+        data (DataSplits, optional): preloaded data (``jobs=1`` only; workers load their own).
+        progress (bool): progress bars (``jobs=1`` only).
+        log (callable): receives one line per finished run.
+        jobs (int): runs trained at the same time, each in its own process (``spawn``).
+            Small CPU models gain nothing from intra-op threads, so on a 2-core CPU two
+            single-threaded jobs train about twice as fast as one two-threaded run. Default 1.
+        threads (int, optional): ``torch.set_num_threads`` in each run (None: unchanged).
+
+    Returns:
+        (rows of :func:`aggregate`, the individual :class:`RunResult` list, in grid order)
+    """
+    if distributed_env() is not None or ddp_active():
+        raise ValueError(
+            "compare does not support torchrun / distributed training (WORLD_SIZE > 1); run "
+            "`orthocond compare` as a single process (--jobs N trains runs in parallel) or "
+            "`orthocond train` under torchrun"
+        )
+    check_int(seeds, "seeds")
+    check_int(jobs, "jobs")
+    check_int(threads, "threads", allow_none=True)
+    if not treatments:
+        raise ValueError("treatments must name at least one treatment")
+    for t in treatments:
+        parse_treatment(t)
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    outp = Path(out) if out is not None else None
+    grid: list[tuple[TrainConfig, Path | None]] = []
+    for t in treatments:
+        for k in range(seeds):
+            cfg = base.replace(
+                treatment=t, seed=base.seed + k, checkpoint=False, tensorboard=False, plots=False
+            )
+            run_out = None if outp is None else outp / "runs" / f"{slug(t)}-s{cfg.seed}"
+            grid.append((cfg, run_out))
+
+    def report(res: RunResult) -> None:
+        acc = "failed" if res.failed else f"acc {100 * (res.final_acc or 0):.2f}%"
+        log(
+            f"[compare] {res.label} seed {res.seed}: {acc}, κ final {format_number(res.cond_final, '.3g')}, "
+            f"max {format_number(res.cond_max, '.3g')} ({res.wall_s:.1f} s)"
+            + (f" -- {res.reason}" if res.failed else "")
+        )
+
+    jobs = min(jobs, len(grid))
+    results: list[RunResult] = []
+    if jobs == 1:
+        if data is None:
+            data = load_dataset(
+                base.dataset, data_dir=base.data_dir, download=base.download,
+                limit_train=base.limit_train, limit_test=base.limit_test, num_workers=base.workers,
+            )  # fmt: skip
+        saved_threads = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            for cfg, run_out in grid:
+                results.append(_run_one(cfg, run_out, data=data, progress=progress, log=log))
+                report(results[-1])
+        finally:
+            torch.set_num_threads(saved_threads)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = multiprocessing.get_context("spawn")
+        slots: list[RunResult | None] = [None] * len(grid)
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(_run_one, cfg, run_out): i for i, (cfg, run_out) in enumerate(grid)}
+            for fut in as_completed(futures):
+                res = fut.result()
+                slots[futures[fut]] = res
+                report(res)
+        results = [r for r in slots if r is not None]
+    rows = aggregate(results)
+    if outp is not None:
+        outp.mkdir(parents=True, exist_ok=True)
+        atomic_write(outp / "compare.md", format_table(rows) + "\n")
+        payload = {"config": base.to_dict(), "treatments": list(treatments), "seeds": seeds,
+                   "rows": rows, "runs": [r.to_dict() for r in results]}
+        atomic_write(outp / "compare.json", json.dumps(jsonable(payload), indent=1) + "\n")
+        if base.plots:
+            plot_compare(results, outp)
+            if base.landscape_every:
+                plot_compare_landscape(
+                    [(res, run_out) for res, (_, run_out) in zip(results, grid)], outp,
+                    with_seed=seeds > 1,
+                )  # fmt: skip
+    return rows, results
+
+
+def _init_worker(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _run_one(
+    cfg: TrainConfig,
+    out: Path | None,
+    *,
+    data: DataSplits | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    trainer = Trainer(cfg, data=data, out=out, progress=progress, log=log)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.monitor.close()
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name.replace("+", "_"))
+
+
+# --------------------------------------------------------------------------- plots
