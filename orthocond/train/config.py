@@ -17,7 +17,7 @@ from orthocond import linalg
 from orthocond._checks import check_choice, check_float, check_int
 from orthocond.data import DATASETS
 from orthocond.models.resnet import CIFAR_DEPTHS, GCP_DEPTHS
-from orthocond.optim import NOG_METHODS, NOG_SCALES, OLR_MODES
+from orthocond.optim import NOG_METHODS, NOG_SCALES, NOG_TARGETS, OLR_MODES
 from orthocond.ortho import PENALTY_KINDS
 
 from .schedules import EPOCH_SCHEDULES, SCHEDULES, last_decay_epoch
@@ -71,7 +71,8 @@ class TrainConfig:
     (gcp), ``method`` "eig" (dbn) / "ns" (gcp), ``milestones`` the papers' fractions of
     ``epochs`` (dbn 100/200/300 of 350, gcp 30/45/60 of 65), ``width`` 16 on MNIST and 64
     otherwise, ``reduced_channels`` min(256, 8·width) (gcp). A ``treatment`` name
-    (:func:`parse_treatment`) overrides ``nog``/``nog_scale``/``olr``/``ortho``.
+    (:func:`parse_treatment`) overrides ``nog``/``nog_scale``/``nog_target``/``olr``/``ortho``/
+    ``pre_svd_momentum``/``pre_svd_nesterov``.
 
     Schedules (:data:`SCHEDULES`): ``milestones`` are the decay epochs of ``multistep``
     (floats) and ``step`` (integers in [1, epochs]; default ⌊epochs/2⌋, ⌊3·epochs/4⌋);
@@ -91,7 +92,7 @@ class TrainConfig:
     """
 
     # -- model and data
-    task: str = _opt("dbn", "model and data", "dbn: ZCA-whitening (decorrelated BN) after the stem conv (ECCV22); gcp: global covariance pooling head (iSQRT-COV)", choices=TASKS)
+    task: str = _opt("dbn", "model and data", "dbn: ZCA-whitening (decorrelated BN) after the stem conv (ECCV22); gcp: global covariance pooling head (iSQRT-COV)", choices=TASKS, compare=False)
     arch: str = _opt("resnet18", "model and data", "resnet18/34/50 (dbn), resnet18/50/101 (gcp)")
     dataset: str = _opt("mnist", "model and data", "mnist = the embedded 5,000 real MNIST digits (4,000 train / 1,000 test, no download); cifar10/cifar100/imagefolder need --data-dir", choices=DATASETS)
     data_dir: str | None = _opt(None, "model and data", "folder with the dataset files")
@@ -121,8 +122,11 @@ class TrainConfig:
     penalty_coef: float | None = _opt(None, "optimisation", "lambda of the so/dso/mc/srip penalties (default 1e-2; srip: its epoch schedule)", argtype="float")
     # -- treatment (train only; compare takes --treatments)
     nog: str | None = _opt(None, "treatment", "Nearest Orthogonal Gradient on the Pre-SVD layer (svd when given without a value; ns = Polar-Express matmul iteration)", choices=NOG_METHODS, nargs="?", const="svd", compare=False)
-    nog_scale: str = _opt("none", "treatment", "none = the paper's U V^T; grad = rescaled to the gradient norm", choices=NOG_SCALES, compare=False)
-    olr: str | None = _opt(None, "treatment", "Optimal Learning Rate for the Pre-SVD layer (paper closed form when given without a value; exact = minimiser of the quartic)", choices=OLR_MODES, nargs="?", const="paper", compare=False)
+    nog_scale: str = _opt("none", "treatment", "gradient target: none = the paper's U V^T, grad = rescaled to the gradient norm, spectral = times sqrt(max(1, m/n)); update target: none = every singular value of the step equals the lr, grad = the optimizer's step length, spectral = lr*sqrt(max(1, m/n))", choices=NOG_SCALES, compare=False)
+    nog_target: str = _opt("gradient", "treatment", "what NOG orthogonalises: gradient = the paper (before momentum and weight decay); update = the step the optimizer applied (any optimizer)", choices=NOG_TARGETS, compare=False)
+    olr: str | None = _opt(None, "treatment", "Optimal Learning Rate for the Pre-SVD layer (paper closed form when given without a value; exact = minimiser of the quartic; update = the fraction of the applied step that makes the weight most orthogonal)", choices=OLR_MODES, nargs="?", const="paper", compare=False)
+    pre_svd_momentum: float | None = _opt(None, "treatment", "momentum of the Pre-SVD param group (default: --momentum; muon: 0.95)", argtype="float", compare=False)
+    pre_svd_nesterov: bool = _opt(False, "treatment", "Nesterov momentum for the Pre-SVD param group (muon)", compare=False)
     ortho: str = _opt("none", "treatment", "orthogonality of the Pre-SVD layer: hard (geotorch), soc (SOC stem), so/dso/mc/srip (penalty), oni, own, cayley (Cayley SGD)", choices=ORTHO_KINDS, compare=False)
     treatment: str | None = _opt(None, "treatment", "a compare-style name such as nog-grad+olr (overrides --nog/--olr/--ortho)", compare=False)
     # -- run
@@ -144,6 +148,8 @@ class TrainConfig:
         if self.treatment:
             t = parse_treatment(self.treatment)
             self.nog, self.nog_scale, self.olr, self.ortho = t.nog, t.nog_scale, t.olr, t.ortho
+            self.nog_target = t.nog_target
+            self.pre_svd_momentum, self.pre_svd_nesterov = t.pre_svd_momentum, t.pre_svd_nesterov
             if t.backward is not None:
                 self.backward = t.backward
         self.validate()
@@ -175,6 +181,14 @@ class TrainConfig:
         check_float(self.divergence_loss, "divergence_loss", low=0, low_open=True, allow_inf=True)
         check_float(self.gamma, "gamma", low=0, low_open=True)
         check_float(self.momentum, "momentum", low=0, high=1, high_open=True)
+        check_float(self.pre_svd_momentum, "pre_svd_momentum", low=0, high=1, high_open=True, allow_none=True)
+        if self.pre_svd_nesterov and (self.pre_svd_momentum if self.pre_svd_momentum is not None else self.momentum) <= 0:
+            raise ValueError("pre_svd_nesterov needs a positive momentum for the Pre-SVD group")
+        if self.ortho == "cayley" and (self.pre_svd_momentum is not None or self.pre_svd_nesterov):
+            raise ValueError(
+                "pre_svd_momentum/pre_svd_nesterov set the SGD group of the Pre-SVD layer; "
+                "ortho='cayley' trains it with Cayley SGD instead"
+            )
         if self.milestones is not None and any(m < 0 for m in self.milestones):
             raise ValueError(f"milestones must be >= 0 (in epochs), got {self.milestones}")
         self._validate_schedule()
@@ -259,7 +273,10 @@ class TrainConfig:
         """The treatment's name, or one built from the settings."""
         if self.treatment:
             return self.treatment
-        return treatment_label(self.nog, self.nog_scale, self.olr, self.ortho, self.backward)
+        return treatment_label(
+            self.nog, self.nog_scale, self.olr, self.ortho, self.backward, self.nog_target,
+            self.pre_svd_momentum, self.pre_svd_nesterov,
+        )  # fmt: skip
 
     def ineffective_settings(self) -> list[str]:
         """Settings that differ from their defaults but change nothing in this run (the CLI
@@ -268,6 +285,8 @@ class TrainConfig:
         out = []
         if self.nog_scale != default["nog_scale"] and self.nog is None:
             out.append(f"nog_scale={self.nog_scale!r} needs NOG (--nog)")
+        if self.nog_target != default["nog_target"] and self.nog is None:
+            out.append(f"nog_target={self.nog_target!r} needs NOG (--nog)")
         if self.nog_rtol is not None and self.nog != "svd":
             out.append("nog_rtol needs NOG with method svd (--nog svd)")
         if self.penalty_coef is not None and self.ortho not in PENALTY_KINDS:
