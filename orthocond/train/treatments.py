@@ -16,6 +16,7 @@ __all__ = [
     "FAILURE_TREATMENTS",
     "ORTHO_KINDS",
     "PENALTY_COEFFICIENT",
+    "RECOMMENDED_TREATMENT",
     "STUDY_TREATMENTS",
     "MUON_MOMENTUM",
     "TREATMENT_PARTS",
@@ -45,10 +46,13 @@ TREATMENT_PARTS = (
     "vanilla", "nog", "nog-grad", "nog-ns", "nog-ns-grad", *UPDATE_NOG_PARTS,
     "olr", "olr-exact", "olr-update",
 ) + ORTHO_KINDS[1:] + BACKWARD_PARTS  # fmt: skip
-#: The grid ``orthocond compare`` runs without ``--treatments``.
-DEFAULT_TREATMENTS = (
-    "vanilla", "nog", "nog-grad", "olr", "nog+olr", "nog-grad+olr", "hard", "soc",
-)
+#: The grid ``orthocond compare`` runs without ``--treatments`` (on both applications): plain
+#: training, the paper's NOG + OLR, the recommended optimizer plug-ins (NOG and OLR on the
+#: applied step), and the orthogonal-weight baselines (the SOC stem: DBN only). See README,
+#: "Which treatment to use", for the multi-seed study behind the choice.
+DEFAULT_TREATMENTS = ("vanilla", "nog+olr", "nog-update+olr-update", "hard", "soc")
+#: The optimizer plug-ins the README recommends (any optimizer, any Pre-SVD layer).
+RECOMMENDED_TREATMENT = "nog-update+olr-update"
 
 #: The grid of ``orthocond compare --preset study`` (on both applications; ``soc`` on the
 #: DBN stem only): the paper's treatments, the update-target variants, and the
