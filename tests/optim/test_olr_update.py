@@ -176,3 +176,28 @@ def test_gradient_modes_warn_unless_plain_sgd(cls, kwargs, warns, mode):
         optim.OLR(opt, [W], mode=mode)
     hits = [w for w in caught if "plain SGD step" in str(w.message)]
     assert len(hits) == (1 if warns and mode != "update" else 0)
+
+
+def test_update_mode_accepts_lbfgs_and_scales_its_whole_step():
+    # the gradient modes refuse LBFGS (it reads the lr before the closure); the update mode
+    # only needs the step, which LBFGS makes inside one optimizer.step
+    q = torch.linalg.qr(grad_for((6, 3), 4))[0].contiguous()  # LBFGS views flat gradients
+    W = torch.nn.Parameter(0.5 * q)
+    opt = torch.optim.LBFGS([W], lr=1.0, max_iter=3)
+    with pytest.raises(ValueError, match="LBFGS"):
+        optim.OLR(opt, [W], mode="paper")
+    olr = optim.OLR(opt, [W], mode="update")
+    target = 2.0 * q
+
+    def closure():
+        opt.zero_grad()
+        loss = (W - target).square().sum()
+        loss.backward()
+        return loss
+
+    w0 = W.detach().clone()
+    opt.step(closure)
+    alpha = olr.last_eta[0]
+    assert 0.0 <= alpha < 1.0  # the full step overshoots orthogonality (towards 2q)
+    assert gram_error(W) <= 1e-6  # alpha* lands on q exactly: W0 + alpha * D is collinear
+    assert torch.allclose(W.detach(), q, atol=1e-6) and not torch.equal(W.detach(), w0)
