@@ -57,7 +57,7 @@ def make_optimizer(model: torch.nn.Module, treatment: str) -> torch.optim.Optimi
 
 
 def train(treatment: str, steps: int, width: int, data) -> dict[str, float]:
-    """``steps`` SGD steps from seed 0; returns the κ records and the accuracy."""
+    """``steps`` SGD steps from seed 0; returns the κ records and the training accuracy."""
     torch.manual_seed(0)
     stem = "soc" if treatment == "soc" else "conv"
     model = cifar_resnet18(10, in_channels=1, width=width, stem=stem)  # ZCA after the stem
@@ -65,26 +65,27 @@ def train(treatment: str, steps: int, width: int, data) -> dict[str, float]:
     mon = ConditionMonitor(model, every=5)
     train_batches = data.train_batches(128, seed=0)  # on-device shuffling + random crops
     batches = iter(train_batches)
-    curve = []
+    curve, hits = [], []
     for _ in range(steps):
         try:
             x, y = next(batches)
         except StopIteration:  # next epoch
             batches = iter(train_batches)
             x, y = next(batches)
-        loss = F.cross_entropy(model(x), y)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()
         rec = mon.step(loss=loss)  # after backward, before the optimizer step
         opt.step()
+        hits.append(float((logits.argmax(1) == y).float().mean()))
         if rec is not None:
             curve.append(rec["cond/bn1"])
-    model.eval()
-    with torch.no_grad():
-        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in data.test_batches(500))
     s = mon.summary()["metrics"]["cond/bn1"]
     mon.close()
-    return {"curve": curve, "final": s["final"], "max": s["max"], "acc": correct / data.num_test}
+    # accuracy on the last 10 training batches, as the network saw them (a few dozen steps
+    # are too few for the running statistics that a test-set evaluation would use)
+    return {"curve": curve, "final": s["final"], "max": s["max"], "acc": sum(hits[-10:]) / len(hits[-10:])}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     base = runs["vanilla"]["max"]
     for name, r in runs.items():
         print(f"{name:>8}: κ final {r['final']:.3g}, max {r['max']:.3g} "
-              f"({r['max'] / base:.2f}x vanilla), test accuracy {100 * r['acc']:.1f}%")
+              f"({r['max'] / base:.2f}x vanilla), accuracy on the last 10 batches {100 * r['acc']:.1f}%")
     print(f"{args.steps} steps each, {time.perf_counter() - t0:.0f} s")
     return runs
 
