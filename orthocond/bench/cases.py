@@ -353,6 +353,11 @@ def build_zca(
 # --------------------------------------------------------------------------- nog
 
 
+def _svd_polar_baseline(G: Tensor) -> Tensor:
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    return U @ Vh
+
+
 def build_nog(
     shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, targets: dict[str, Target]
 ) -> Case:
@@ -365,9 +370,20 @@ def build_nog(
         case.subjects.append(
             _forward_subject(name, "method", lambda name=name: linalg.polar(G, name), ref, targets.get(name))
         )
+    # what NOG itself runs on a gradient (the tall-orientation SVD, the float64-Gram path for
+    # narrow float32 matrices on the CPU, the numerical-rank cut)
+    for name in NOG_METHODS:
+        case.subjects.append(
+            _forward_subject(
+                f"NOG {name}", "method",
+                lambda name=name: optim.nearest_orthogonal_gradient(G, name), ref,
+            )  # fmt: skip
+        )
     case.subjects.append(
         _forward_subject("svd", "baseline", lambda: torch.linalg.svd(G, full_matrices=False))
     )
+    # the published NOG lines: U, S, Vh = svd(G); U @ Vh
+    case.subjects.append(_forward_subject("svd+mm", "baseline", lambda: _svd_polar_baseline(G)))
     case.subjects.append(_forward_subject("bmm", "baseline", lambda: G @ G.transpose(-2, -1)))
     return case
 

@@ -115,12 +115,15 @@ def _gram_polar(X: Tensor) -> Tensor | None:
         L, V = torch.linalg.eigh(Xd.mT @ Xd)
     except torch.linalg.LinAlgError:
         return None
-    top = L[..., -1:]
-    if not all(0 < v < math.inf for v in top.reshape(-1).tolist()):  # also False for NaN
+    rows = L.reshape(-1, L.shape[-1]).tolist()  # ascending eigenvalues per matrix
+    if not all(0 < r[-1] < math.inf for r in rows):  # also False for NaN
         return None
     tol = max(X.shape[-2:]) * torch.finfo(torch.float32).eps
-    keep = L > top * (tol * tol)
-    inv = torch.where(keep, L.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), 0.0)
+    if all(r[0] > r[-1] * (tol * tol) for r in rows):  # full numerical rank: no mask needed
+        inv = L.rsqrt()
+    else:
+        keep = L > L[..., -1:] * (tol * tol)
+        inv = torch.where(keep, L.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), 0.0)
     return (Xd @ ((V * inv.unsqueeze(-2)) @ V.mT)).float()
 
 

@@ -29,7 +29,7 @@ META_KEYS = {"device", "device_type", "torch", "orthocond", "dtype", "tf32", "da
 EXPECTED = {
     "gcp": ({"eig-exact", "eig-pade", "ns", "mpa"}, {"eigh", "bmm"}),
     "zca": ({"eig-exact", "eig-pade", "ns", "mpa"}, {"eigh", "bn2d", "bmm"}),
-    "nog": ({"svd", "ns"}, {"svd", "bmm"}),
+    "nog": ({"svd", "ns", "NOG svd", "NOG ns"}, {"svd", "svd+mm", "bmm"}),
     "step": ({"nog-svd+olr", "nog-ns+olr"}, {"sgd"}),
 }
 
@@ -97,7 +97,7 @@ def test_every_suite_has_its_methods_and_baselines(quick_run, suite):
 
 def test_rows_have_keys_and_finite_positive_times(quick_run):
     _, data = quick_run
-    assert len(data["results"]) == 11 + 13 + 4 + 3
+    assert len(data["results"]) == 11 + 13 + 7 + 3
     for r in data["results"]:
         assert set(r) == ROW_KEYS
         assert r["note"] == "" or r["note"].startswith("model:"), r["note"]
@@ -148,6 +148,9 @@ def test_accuracy_columns_are_measured(quick_run):
     (svd,) = _rows(data, "nog", "svd", kind="method")
     (ns_polar,) = _rows(data, "nog", "ns", kind="method")
     assert svd["fwd_err"] < 1e-5 and ns_polar["fwd_err"] < 1e-3
+    (nog_svd,) = _rows(data, "nog", "NOG svd", kind="method")
+    (nog_ns,) = _rows(data, "nog", "NOG ns", kind="method")
+    assert nog_svd["fwd_err"] < 1e-5 and nog_ns["fwd_err"] < 1e-3
     for r in _rows(data, kind="baseline"):
         if r["method"] in ("bmm", "bn2d", "sgd") or r["suite"] == "nog":
             assert r["fwd_err"] is None and r["grad_err"] is None
