@@ -44,7 +44,7 @@ together; so, while stacked, every
 ``nn.BatchNorm*`` (and ``SyncBatchNorm``) and decorrelated BN layer that uses batch
 statistics gets a temporary forward hook that recomputes its output with each copy's own
 batch statistics (the copies are folded into the channel dim: ``(K·B, C, …) → (B, K·C, …)``,
-one ``F.batch_norm``/:func:`~orthocond.nn.zca_whiten` call with K·G groups), which equals
+one ``F.batch_norm`` call, or the decorrelated BN's own ``whiten_batch`` with K·G groups), which equals
 evaluating the copies one by one. Other layers that mix samples in train mode are not
 known to the probe: use ``chunk_size=1`` for them (one copy per forward, exact for any
 model). Synchronised BN layers are hooked with local statistics; under DDP run the probe on
@@ -74,7 +74,6 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from orthocond._checks import check_float, check_int, check_module
-from orthocond.nn import zca_whiten
 from orthocond.nn.meta import meta_layer_mode
 from orthocond.nn.whitening import _DecorrelatedBatchNorm
 
@@ -278,11 +277,7 @@ def _per_copy_hook(copies: int) -> Callable[[nn.Module, tuple[Any, ...], Any], T
     def hook(m: nn.Module, inputs: tuple[Any, ...], output: Any) -> Tensor:
         x = _fold(inputs[0], copies)
         if isinstance(m, _DecorrelatedBatchNorm):
-            y = zca_whiten(
-                x, m.groups * copies, weight=_repeat(m.weight, copies),
-                bias=_repeat(m.bias, copies), training=True, eps=m.eps, method=m.method,
-                backward=m.backward, iters=m.iters,
-            )  # fmt: skip
+            y = m.whiten_batch(x, copies)  # the layer's own ZCA core, K·G groups
         else:
             y = F.batch_norm(
                 x, None, None, _repeat(m.weight, copies), _repeat(m.bias, copies),

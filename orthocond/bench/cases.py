@@ -8,7 +8,8 @@ a float64 reference.
 
 Suites and their sizes (``shape``):
 
-* ``gcp``  (B, C, H, W): covariance pooling head, ``triu(cov(x)^{1/2})`` of a feature map.
+* ``gcp``  (B, C, H, W): covariance pooling head, ``triu(cov(x)^{1/2})`` of a post-ReLU
+  feature map (C = 256 at 14×14: more channels than positions, a singular covariance).
   Methods ``eig-exact``, ``eig-pade``, ``ns`` (iSQRT-COV, 5 iterations), ``mpa``;
   baselines ``eigh`` (plain ``torch.linalg.eigh`` autograd root in the input dtype) and
   ``bmm`` (one (B, C, C) @ (B, C, C) product, the matmul floor).
@@ -16,8 +17,15 @@ Suites and their sizes (``shape``):
   Methods ``eig-exact``, ``eig-pade``, ``ns``, ``mpa``; baselines ``eigh`` (plain ZCA with
   ``torch.linalg.eigh`` autograd), ``bn2d`` (``nn.BatchNorm2d``), ``bmm`` ((1, C, C) @ (1, C, C)).
 * ``nog``  (m, n): the polar factor U V^T of an (m, n) gradient. Methods ``svd``, ``ns``
-  (:func:`orthocond.linalg.polar`); baselines ``svd`` (bare ``torch.linalg.svd``) and ``bmm``
-  (the Gram product G G^T).
+  (:func:`orthocond.optim.nearest_orthogonal_gradient`, NOG's whole call); baselines ``svd``
+  (bare ``torch.linalg.svd``), ``bmm`` (the Gram product G G^T) and ``muon-ns5`` (see polar).
+* ``polar`` (m, n): the error-vs-time curve of the polar factor U V^T of one (m, n) gradient,
+  timed round-robin: methods ``ns-K`` (:func:`orthocond.linalg.polar` ``method="ns"`` with K
+  Polar Express steps on the Gram matrix, the first 3 in float64; K = 8 is the default),
+  ``ns-K-f32gram`` (the same all in float32: faster, loses accuracy beyond κ ~ 1e2) and
+  ``full-K`` (the steps on the full iterate, as ``polar`` ran them before); baselines ``svd``
+  (:func:`~orthocond.linalg.polar` by SVD) and ``muon-ns5`` (``torch.optim.Muon``'s 5-step
+  bfloat16 Newton–Schulz, not the polar factor: its singular values end in ~[0.6, 1.2]).
 * ``step`` (B, R): one SGD training step of a GCP network on (B, 3, R, R) images. Baseline
   ``sgd``; methods ``nog-svd+olr`` and ``nog-ns+olr`` (:class:`optim.NOG` then
   :class:`optim.OLR` on the Pre-SVD weights).
@@ -33,36 +41,42 @@ import torch
 from torch import Tensor, nn
 
 from orthocond import linalg, optim
+from orthocond.linalg.polar import _polar_ns
 from orthocond.optim import NOG_METHODS
 
-SUITES = ("gcp", "zca", "nog", "step")
+SUITES = ("gcp", "zca", "nog", "polar", "step")
 PASSES = ("fwd", "fwd+bwd", "step")
 SHAPE_NAMES = {
     "gcp": ("B", "C", "H", "W"),
     "zca": ("N", "C", "H", "W"),
     "nog": ("m", "n"),
+    "polar": ("m", "n"),
     "step": ("B", "R"),
 }
 STEP_MODELS = ("auto", "tiny", "resnet50")
 ZCA_EPS = 1e-5
 
-# Sizes: GPU anchors of the issue, CPU defaults (whole CPU run < 60 s on 2 cores), --quick.
+# Sizes: GPU anchors of the issue; CPU defaults, the sizes of the side-by-side comparison with the
+# published layers (whole CPU run ~45 s with 1 torch thread on 2 cores); --quick.
 GPU_SIZES: dict[str, tuple[tuple[int, ...], ...]] = {
     "gcp": ((128, 256, 14, 14),),
     "zca": ((128, 64, 32, 32),),
     "nog": ((256, 2048), (512, 4608)),
+    "polar": ((256, 2048),),
     "step": ((64, 224),),
 }
 CPU_SIZES: dict[str, tuple[tuple[int, ...], ...]] = {
-    "gcp": ((16, 64, 14, 14),),
-    "zca": ((32, 32, 16, 16),),
-    "nog": ((64, 576), (128, 1152)),
+    "gcp": ((16, 64, 14, 14), (32, 256, 14, 14)),
+    "zca": ((64, 64, 16, 16),),
+    "nog": ((64, 27), (64, 576), (256, 2304)),
+    "polar": ((256, 2304),),
     "step": ((16, 32),),
 }
 QUICK_SIZES: dict[str, tuple[tuple[int, ...], ...]] = {
     "gcp": ((2, 8, 6, 6),),
     "zca": ((8, 6, 4, 4),),
     "nog": ((16, 40),),
+    "polar": ((16, 40),),
     "step": ((2, 16),),
 }
 
@@ -126,6 +140,7 @@ TARGETS: dict[tuple[str, tuple[int, ...]], dict[str, Target]] = {
     },
     ("nog", (256, 2048)): {"svd": _NOG_TARGET, "ns": _NOG_TARGET},
     ("nog", (512, 4608)): {"svd": _NOG_TARGET, "ns": _NOG_TARGET},
+    ("polar", (256, 2048)): {"ns-8": Target(max_err=1e-3, passes=("fwd",))},
     ("step", (64, 224)): {"nog-svd+olr": _STEP_TARGET, "nog-ns+olr": _STEP_TARGET},
 }
 
@@ -243,7 +258,7 @@ def _bmm_subject(batch: int, n: int, gen: torch.Generator, device: torch.device,
 
 
 def _label(suite: str, shape: tuple[int, ...], prefix: str = "") -> str:
-    if suite == "nog":
+    if suite in ("nog", "polar"):
         return f"{shape[0]}x{shape[1]}"
     if suite == "step":
         return f"{prefix}B={shape[0]} {shape[1]}x{shape[1]}"
@@ -275,7 +290,7 @@ def build_gcp(
 
     B, C, H, W = shape
     gen = torch.Generator().manual_seed(0)
-    x = _randn(shape, gen, device, dtype)
+    x = torch.relu(_randn(shape, gen, device, dtype))  # a GCP head sees post-ReLU features
     rows, cols = torch.triu_indices(C, C, device=device)
 
     def reference(x64: Tensor) -> Tensor:
@@ -284,7 +299,7 @@ def build_gcp(
 
     gy = _randn((B, C * (C + 1) // 2), gen, device, dtype)
     ref = _reference(reference, x, gy)
-    case = Case("gcp", shape, _label("gcp", shape))
+    case = Case("gcp", shape, _label("gcp", shape), interleave=True)
     for name, (method, backward) in ROOT_METHODS.items():
 
         def head(t: Tensor, method: str = method, backward: str = backward) -> Tensor:
@@ -334,7 +349,7 @@ def build_zca(
     x = _randn(shape, gen, device, dtype)
     gy = _randn(shape, gen, device, dtype)
     ref = _reference(_reference_zca, x, gy)
-    case = Case("zca", shape, _label("zca", shape))
+    case = Case("zca", shape, _label("zca", shape), interleave=True)
     for name, (method, backward) in ROOT_METHODS.items():
         layer = DecorrelatedBatchNorm2d(C, eps=ZCA_EPS, method=method, backward=backward)
         layer = layer.to(device=device, dtype=dtype).train()
@@ -353,11 +368,6 @@ def build_zca(
 # --------------------------------------------------------------------------- nog
 
 
-def _svd_polar_baseline(G: Tensor) -> Tensor:
-    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
-    return U @ Vh
-
-
 def build_nog(
     shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, targets: dict[str, Target]
 ) -> Case:
@@ -365,26 +375,77 @@ def build_nog(
     gen = torch.Generator().manual_seed(2)
     G = _randn(shape, gen, device, dtype)
     ref = linalg.polar(G.to(torch.float64), "svd")
-    case = Case("nog", shape, _label("nog", shape))
+    case = Case("nog", shape, _label("nog", shape), interleave=True)
     for name in NOG_METHODS:
-        case.subjects.append(
-            _forward_subject(name, "method", lambda name=name: linalg.polar(G, name), ref, targets.get(name))
-        )
-    # what NOG itself runs on a gradient (the tall-orientation SVD, the float64-Gram path for
-    # narrow float32 matrices on the CPU, the numerical-rank cut)
-    for name in NOG_METHODS:
-        case.subjects.append(
-            _forward_subject(
-                f"NOG {name}", "method",
-                lambda name=name: optim.nearest_orthogonal_gradient(G, name), ref,
-            )  # fmt: skip
-        )
+        case.subjects.append(_forward_subject(
+            name, "method", lambda name=name: optim.nearest_orthogonal_gradient(G, name), ref,
+            targets.get(name),
+        ))  # fmt: skip
     case.subjects.append(
         _forward_subject("svd", "baseline", lambda: torch.linalg.svd(G, full_matrices=False))
     )
-    # the published NOG lines: U, S, Vh = svd(G); U @ Vh
-    case.subjects.append(_forward_subject("svd+mm", "baseline", lambda: _svd_polar_baseline(G)))
     case.subjects.append(_forward_subject("bmm", "baseline", lambda: G @ G.transpose(-2, -1)))
+    case.subjects.append(_forward_subject("muon-ns5", "baseline", lambda: muon_newton_schulz(G), ref))
+    return case
+
+
+# --------------------------------------------------------------------------- polar
+
+MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def muon_newton_schulz(G: Tensor, steps: int = 5) -> Tensor:
+    """``torch.optim.Muon``'s orthogonalisation: 5 steps of one fixed quintic in bfloat16.
+
+    Its coefficients maximise the slope at 0 and stop converging near 1 (singular values
+    end in about [0.6, 1.2]): fast, not the polar factor. Calls torch's own function where
+    this torch has it, else the same iteration written out.
+    """
+    muon = getattr(getattr(torch.optim, "_muon", None), "_zeropower_via_newtonschulz", None)
+    if muon is not None:
+        return muon(G, MUON_COEFFICIENTS, steps, 1e-7)
+    a, b, c = MUON_COEFFICIENTS
+    X = G.bfloat16()
+    tall = X.shape[-2] > X.shape[-1]
+    X = X.mT if tall else X
+    X = X / (torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = X @ X.mT
+        X = a * X + (b * gram + c * gram @ gram) @ X
+    return X.mT if tall else X
+
+
+def _full_size_polar_express(G: Tensor, steps: int) -> Tensor:
+    """The Polar Express steps on the full (m, n) iterate (what ``polar(method="ns")`` ran before the Gram-space form)."""
+    X = G.mT if G.shape[-2] > G.shape[-1] else G
+    scale = torch.linalg.matrix_norm(X @ X.mT).sqrt().clamp_min(1e-30)[..., None, None]
+    X = X / scale
+    for a, b, c in linalg.polar_express_coefficients(steps):
+        gram = X @ X.mT
+        X = a * X + (b * gram + c * (gram @ gram)) @ X
+    return X.mT if G.shape[-2] > G.shape[-1] else X
+
+
+#: The polar-factor schedules of the ``polar`` suite: name -> (callable of G, what it is).
+POLAR_SCHEDULES: dict[str, Callable[[Tensor], Tensor]] = {
+    **{f"ns-{k}": (lambda G, k=k: linalg.polar(G, "ns", steps=k)) for k in (5, 6, 7, 8, 9)},
+    **{f"ns-{k}-f32gram": (lambda G, k=k: _polar_ns(G, k, 0)) for k in (6, 8)},
+    **{f"full-{k}": (lambda G, k=k: _full_size_polar_express(G, k)) for k in (8, 9)},
+}
+
+
+def build_polar(
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, targets: dict[str, Target]
+) -> Case:
+    """The error-vs-time curve of the polar factor: every schedule on one gradient, round-robin."""
+    gen = torch.Generator().manual_seed(3)
+    G = _randn(shape, gen, device, dtype)
+    ref = linalg.polar(G.to(torch.float64), "svd")
+    case = Case("polar", shape, _label("polar", shape), interleave=True)
+    for name, fn in POLAR_SCHEDULES.items():
+        case.subjects.append(_forward_subject(name, "method", lambda fn=fn: fn(G), ref))
+    case.subjects.append(_forward_subject("svd", "baseline", lambda: linalg.polar(G, "svd"), ref))
+    case.subjects.append(_forward_subject("muon-ns5", "baseline", lambda: muon_newton_schulz(G), ref))
     return case
 
 
@@ -479,5 +540,6 @@ BUILDERS: dict[str, Callable[..., Case]] = {
     "gcp": build_gcp,
     "zca": build_zca,
     "nog": build_nog,
+    "polar": build_polar,
     "step": build_step,
 }

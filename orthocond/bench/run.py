@@ -1,6 +1,6 @@
 """``orthocond bench``: time every meta-layer and NOG method against plain-PyTorch baselines.
 
-For each suite (``gcp``, ``zca``, ``nog``, ``step``; see :mod:`orthocond.bench.cases`) and
+For each suite (``gcp``, ``zca``, ``nog``, ``polar``, ``step``; see :mod:`orthocond.bench.cases`) and
 size, every method and baseline is timed forward and forward+backward (``step``: one whole
 training step), after warm-up, as the median of repeated runs: CUDA events on a GPU,
 ``time.perf_counter`` on the CPU. Each row reports
@@ -17,12 +17,13 @@ training step), after warm-up, as the median of repeated runs: CUDA events on a 
 
 Usage::
 
-    orthocond bench [--device auto|cpu|cuda] [--suite all|gcp|zca|nog|step]
+    orthocond bench [--device auto|cpu|cuda] [--suite all|gcp|zca|nog|polar|step]
         [--size [SUITE:]AxB...] [--dtype float32|float64] [--tf32] [--repeat N] [--warmup N]
         [--max-time S] [--step-model auto|tiny|resnet50] [--json PATH] [--quick]
 
 ``--size`` replaces a suite's default sizes (repeatable; ``gcp:128x256x14x14``, ``zca:NxCxHxW``,
-``nog:MxN``, ``step:BxR``; the ``SUITE:`` prefix may be left out with a single ``--suite``).
+``nog:MxN``, ``polar:MxN``, ``step:BxR``; the ``SUITE:`` prefix may be left out with a single
+``--suite``).
 
 Example:
     >>> from orthocond.bench import run_bench
@@ -255,7 +256,7 @@ def run_bench(
     """Run the benchmark suites and return a :class:`Report`.
 
     Args:
-        suites: any of ``"gcp"``, ``"zca"``, ``"nog"``, ``"step"``.
+        suites: any of ``"gcp"``, ``"zca"``, ``"nog"``, ``"polar"``, ``"step"``.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:i]"``.
         dtype: ``"float32"`` or ``"float64"``.
         sizes: per-suite sizes replacing the defaults (GPU anchors on CUDA, smaller ones on the

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="[SUITE:]AxB..",
         help="replace a suite's default sizes (repeatable): gcp:BxCxHxW, zca:NxCxHxW, nog:MxN, "
-        "step:BxR; the SUITE: prefix may be omitted with a single --suite",
+        "polar:MxN, step:BxR; the SUITE: prefix may be omitted with a single --suite",
     )
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (CUDA)")

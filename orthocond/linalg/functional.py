@@ -48,10 +48,11 @@ def _matrix_root(
     check_int(degree, "taylor_degree")
     work = compute_dtype(A.dtype)
     with no_autocast(A.device.type):
+        if method == "eig":  # ε joins in float64, in the eigenvalue domain (see eig._eigh64)
+            out = eig_power(A.to(work), -0.5 if inverse else 0.5, backward, degree, float(eps))
+            return out.to(A.dtype)
         X = add_diagonal(A.to(work), float(eps))
-        if method == "eig":
-            out = eig_power(X, -0.5 if inverse else 0.5, backward, degree)
-        elif method == "ns":
+        if method == "ns":
             out = newton_schulz(sym(X), iters or DEFAULT_NS_ITERS, inverse)
         else:
             out = mpa_root(sym(X), inverse, iters or DEFAULT_LYAPUNOV_ITERS)
@@ -75,8 +76,13 @@ def sqrtm(
       ``iters`` iterations (default 5), post-compensated by :math:`\sqrt{\mathrm{tr} A}`.
       Matmuls only; a coarse root on ill-conditioned spectra (eigenvalue :math:`\lambda` of
       :math:`A/\mathrm{tr}A` maps to :math:`\approx 7.59\lambda` as :math:`\lambda\to 0` at N = 5).
-    * ``"eig"``: ``torch.linalg.eigh`` in float64, :math:`U \Lambda^{1/2} U^T`, eigenvalues floored
-      at :math:`\max(\lambda_{max} n\,\epsilon, \sqrt{\mathrm{tiny}})` (of the input dtype). ``backward`` picks
+    * ``"eig"``: ``torch.linalg.eigh`` in float64, :math:`U \Lambda^{1/2} U^T`; ``eps`` is added
+      in float64 to the eigenvalues (honoured exactly even below the input dtype's
+      resolution; negative eigenvalues count by their magnitude where they are rounding
+      noise, as 0 where A is clearly indefinite), then eigenvalues are floored at
+      :math:`\max(\lambda_{max} n\,\epsilon_{res}, \sqrt{\mathrm{tiny}})` with
+      :math:`\epsilon_{res}` of float64 when ``eps > 0``, of the input dtype when ``eps = 0``
+      (see :mod:`orthocond.linalg.eig`). ``backward`` picks
       the gradient: ``"exact"`` (Daleckii–Krein, :math:`L_{ij} = 1/(\sqrt{\lambda_i}+\sqrt{\lambda_j})`,
       finite at repeated eigenvalues), ``"svd"`` (textbook, :math:`K_{ij}=1/(\lambda_i-\lambda_j)`
       guarded), ``"taylor"`` (degree ``taylor_degree``, default 100), ``"pade"`` (SVD-Padé);
@@ -91,7 +97,7 @@ def sqrtm(
         method: ``"ns"``, ``"eig"`` or ``"mpa"``.
         iters: Newton–Schulz iterations (ns) or Lyapunov iterations (mpa).
         backward: gradient of the ``"eig"`` method.
-        eps: added to the diagonal first (default 0).
+        eps: added to the diagonal first (default 0; for ``"eig"`` in float64, see above).
 
     Returns:
         Tensor[..., n, n] in ``A``'s dtype. Computed in float32 or better even under autocast.

@@ -77,12 +77,27 @@ def pooled_covariance(x: Tensor, eps: float = 0.0) -> Tensor:
     """
     check_input(x, "pooled_covariance", (4,), None, "(B, C, H, W)")
     check_nonneg_float(eps, "eps")
+    return _pooled_covariance(x, eps, compute_dtype(x.dtype))
+
+
+def _pooled_covariance(x: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
     with no_autocast(x.device.type):
-        X = x.flatten(2).to(compute_dtype(x.dtype))
-        cov = linalg.covariance(X)
+        cov = linalg.covariance(x.flatten(2).to(dtype))
         if eps > 0:
             cov = cov + eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
     return cov
+
+
+def _covariance_dtype(x: Tensor, method: str) -> torch.dtype:
+    """float64 for the ``"eig"`` root, which runs in float64 anyway.
+
+    With more channels than positions (C = 256, 14×14) the covariance is singular; formed in
+    float32 its null space is float32 noise of size λ_max·1e-7, which the root's gradient
+    (divided differences ~ 1/√λ on that null space) amplifies: the float32 input gradient was
+    1.5e-2 off a float64 computation, 1e-7 with the covariance formed in float64 (at ~10 % of
+    the eigendecomposition's cost). The matmul-only methods keep the input's precision.
+    """
+    return torch.float64 if method == "eig" else compute_dtype(x.dtype)
 
 
 def _root_and_vectorize(
@@ -113,7 +128,9 @@ def global_cov_pool(
         vectorize: return Tensor[B, d(d+1)/2] (upper triangle, :func:`triu_vectorize`
             order) if True (default), else the full Tensor[B, d, d].
 
-    Returns the input dtype; computes in float32 or float64 even under autocast.
+    Returns the input dtype; computes in float32 or float64 even under autocast, and for
+    ``method="eig"`` forms the covariance in float64 (the eigendecomposition runs in float64;
+    a float32 covariance's null space would be noise that the root's gradient amplifies).
 
     Example:
         >>> y = global_cov_pool(torch.randn(2, 8, 7, 7), method="eig")  # (2, 36)
@@ -121,7 +138,9 @@ def global_cov_pool(
     check_input(x, "global_cov_pool", (4,), None, "(B, C, H, W)")
     check_matrix_function(method, backward, iters)
     check_bool(vectorize, "vectorize")
-    out = _root_and_vectorize(pooled_covariance(x, eps), method, iters, backward, vectorize)
+    check_nonneg_float(eps, "eps")
+    cov = _pooled_covariance(x, eps, _covariance_dtype(x, method))
+    out = _root_and_vectorize(cov, method, iters, backward, vectorize)
     return out.to(x.dtype)
 
 
@@ -135,7 +154,8 @@ class GlobalCovPool(nn.Module):
         in_channels: channels C of the input (B, C, H, W).
         reduced_channels: d, output channels of the 1x1 reduction conv (default 256, as in
             iSQRT-COV); ``None`` pools the input channels directly (d = C, no Pre-SVD layer).
-        method: ``"ns"`` (iSQRT-COV, default), ``"eig"`` (MPN-COV / SVD) or ``"mpa"``.
+        method: ``"ns"`` (iSQRT-COV, default), ``"eig"`` (MPN-COV / SVD; covariance and root
+            in float64, see :func:`global_cov_pool`) or ``"mpa"``.
         iters: Newton–Schulz iterations for ``method="ns"`` (default 5; ignored otherwise).
         vectorize: output (B, d(d+1)/2) upper triangle if True, else (B, d, d).
         backward: eigendecomposition gradient for ``method="eig"``: ``"exact"`` (default),
@@ -208,9 +228,9 @@ class GlobalCovPool(nn.Module):
         features = x
         if self.pre_svd is not None:
             features = torch.relu(self.bn(self.pre_svd(x)))
-        cov = pooled_covariance(features, self.eps)
+        cov = _pooled_covariance(features, self.eps, _covariance_dtype(features, self.method))
         if self.capture_covariance:
-            self.captured_covariance = cov.detach()
+            self.captured_covariance = cov.detach().to(compute_dtype(features.dtype))
         out = _root_and_vectorize(cov, self.method, self.iters, self.backward, self.vectorize)
         return out.to(x.dtype)
 

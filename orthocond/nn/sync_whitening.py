@@ -9,12 +9,13 @@ whitens with the statistics of the concatenated batch::
     Σ_g = Σ_r (X_g^{(r)} - μ_g 1ᵀ)(X_g^{(r)} - μ_g 1ᵀ)ᵀ / M   (all-reduce 2: centred outer products)
     y   = γ (Σ_g + εI)^{-1/2} (X_g^{(r)} - μ_g 1ᵀ) + β
 
-so every process computes exactly what one process computes on the whole batch (up to the order
+The statistics, whitening and affine are the one ZCA core of :mod:`orthocond.nn._zca`; this
+layer only hands it a ``reduce`` (the all-reduce sum). So every process computes exactly what one process computes on the whole batch (up to the order
 of the floating-point sums). The outer products are summed around the global mean (two
 all-reduces of G·c + 1 and G·c² numbers) rather than as raw second moments ``Σ x xᵀ``: raw
 moments lose all precision when ``|μ| ≫ σ`` (float32 with ``|μ|/σ = 1e4`` already cancels every
-digit). Both all-reduces are differentiable (their backward is the all-reduce of the incoming
-gradient), so the gradient on each process includes the other processes' losses, as with one
+digit). Both all-reduces are differentiated (the backward all-reduces the gradient's sums and the
+covariance gradient), so the gradient on each process includes the other processes' losses, as with one
 process. Eval mode with running statistics and every call outside an initialised process group
 (or in a group of size 1) is exactly :class:`~orthocond.nn.DecorrelatedBatchNorm2d`.
 """
@@ -27,14 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ._common import check_input, compute_dtype, no_autocast
-from .whitening import (
-    DecorrelatedBatchNorm1d,
-    DecorrelatedBatchNorm2d,
-    _affine,
-    _from_groups,
-    _to_groups,
-)
+from ._common import check_input
+from .whitening import DecorrelatedBatchNorm1d, DecorrelatedBatchNorm2d
 
 __all__ = [
     "SyncDecorrelatedBatchNorm1d",
@@ -43,26 +38,8 @@ __all__ = [
 ]
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """``Σ_r t_r`` on every process; backward: ``Σ_r grad_r`` (the adjoint of a sum broadcast)."""
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor, group: Any) -> Tensor:  # type: ignore[override]
-        ctx.group = group
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
-
-
 def _all_reduce_sum(tensor: Tensor, group: Any) -> Tensor:
-    if tensor.requires_grad:
-        return _AllReduceSum.apply(tensor, group)
+    """``Σ_r t_r`` on every process, in a new tensor (the ZCA core differentiates through it)."""
     out = tensor.clone(memory_format=torch.contiguous_format)
     dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
     return out
@@ -94,33 +71,23 @@ class _SyncMixin:
         use_batch_stats = self.training or not self.track_running_stats  # type: ignore[attr-defined]
         return use_batch_stats and _world_size(self.process_group) > 1
 
+    def _on_statistics(self, mean: Tensor, cov: Tensor, count: Tensor) -> None:
+        if self._sync_active():
+            total = int(count.item())
+            if self.training and total < 2:  # type: ignore[attr-defined]
+                raise ValueError(
+                    f"{type(self).__name__} needs more than 1 value per channel in training over "
+                    f"all processes, got {total} (local input of shape {self._local_shape})"
+                )
+        super()._on_statistics(mean, cov, count)  # type: ignore[misc]
+
     def forward(self, x: Tensor) -> Tensor:
         if not self._sync_active():
             return super().forward(x)  # type: ignore[misc]
-        name = type(self).__name__
-        check_input(x, name, self._input_ndims, self.num_features, self._layout)  # type: ignore[attr-defined]
-        groups = self.groups  # type: ignore[attr-defined]
+        check_input(x, type(self).__name__, self._input_ndims, self.num_features, self._layout)  # type: ignore[attr-defined]
+        self._local_shape = tuple(x.shape)
         group = self.process_group
-        with no_autocast(x.device.type):
-            xg = _to_groups(x.to(compute_dtype(x.dtype)), groups)  # (G, c, M_local); M_local may be 0
-            local_count = torch.full((1,), float(xg.shape[-1]), dtype=xg.dtype, device=xg.device)
-            packed = _all_reduce_sum(torch.cat([xg.sum(-1).reshape(-1), local_count]), group)
-            count = packed[-1]
-            total = int(count.item())
-            if self.training and total < 2:
-                raise ValueError(
-                    f"{name} needs more than 1 value per channel in training over all processes, "
-                    f"got {total} (local input of shape {tuple(x.shape)})"
-                )
-            mean = packed[:-1].reshape(xg.shape[0], xg.shape[1]) / count.clamp_min(1.0)
-            centred = xg - mean.unsqueeze(-1)
-            scatter = _all_reduce_sum(centred @ centred.transpose(-2, -1), group)
-            cov = scatter / count.clamp_min(1.0)
-            if self.training and self.track_running_stats:  # type: ignore[attr-defined]
-                self._update_running(mean, cov)  # type: ignore[attr-defined]  # the parent's
-            W = self._whitening(cov)  # type: ignore[attr-defined]  # (Σ + εI)^{-1/2}
-            y = _affine(W @ centred, self.weight, self.bias)  # type: ignore[attr-defined]
-            return _from_groups(y, x.shape).to(x.dtype)
+        return self._zca(x, lambda t: _all_reduce_sum(t, group))  # type: ignore[attr-defined]
 
     def extra_repr(self) -> str:
         pg = "" if self.process_group is None else f", process_group={self.process_group}"

@@ -14,7 +14,6 @@ covariances (``new = (1 - m)·old + m·batch``, FORMULAS §4 option B); eval mod
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
@@ -29,11 +28,11 @@ from ._common import (
     check_int,
     check_matrix_function,
     check_nonneg_float,
-    compute_dtype,
     is_compiling,
     matrix_function_kwargs,
     no_autocast,
 )
+from ._zca import Reduce, zca_core
 
 __all__ = [
     "DecorrelatedBatchNorm1d",
@@ -41,26 +40,6 @@ __all__ = [
     "zca_whiten",
     "zca_whitening_matrix",
 ]
-
-
-def _to_groups(x: Tensor, groups: int) -> Tensor:
-    """(N, C, *) -> (G, C/G, N·L): one row per channel of the group, one column per value."""
-    n, c, positions = x.shape[0], x.shape[1] // groups, math.prod(x.shape[2:])
-    return x.reshape(n, groups, c, positions).permute(1, 2, 0, 3).reshape(groups, c, n * positions)
-
-
-def _from_groups(y: Tensor, shape: torch.Size) -> Tensor:
-    """Inverse of :func:`_to_groups`."""
-    groups, c = y.shape[:2]
-    return y.reshape(groups, c, shape[0], math.prod(shape[2:])).permute(2, 0, 1, 3).reshape(shape)
-
-
-def _batch_statistics(xg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """xg (G, c, M) -> mean (G, c), centred xg (G, c, M), biased covariance (G, c, c)."""
-    mean = xg.mean(-1)
-    centred = xg - mean.unsqueeze(-1)
-    cov = centred @ centred.transpose(-2, -1) / xg.shape[-1]
-    return mean, centred, cov
 
 
 def _add_eps(cov: Tensor, eps: float) -> Tensor:
@@ -76,16 +55,6 @@ def _update_running_stats(
     with torch.no_grad():
         running_mean.mul_(1.0 - factor).add_(mean.reshape(-1).to(running_mean.dtype), alpha=factor)
         running_cov.mul_(1.0 - factor).add_(cov.to(running_cov.dtype), alpha=factor)
-
-
-def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    """y (G, c, M) times weight (C,) plus bias (C,), per channel."""
-    shape = (y.shape[0], y.shape[1], 1)
-    if weight is not None:
-        y = y * weight.to(y.dtype).reshape(shape)
-    if bias is not None:
-        y = y + bias.to(y.dtype).reshape(shape)
-    return y
 
 
 def _check_groups(num_features: int, groups: Any) -> None:
@@ -126,9 +95,9 @@ def zca_whitening_matrix(
     check_matrix(cov, "cov", finite=False)  # inv_sqrtm checks NaN/Inf once
     check_nonneg_float(eps, "eps")
     check_matrix_function(method, backward, iters)
-    with no_autocast(cov.device.type):
+    with no_autocast(cov.device.type):  # eps joins inside: float64 for "eig" (linalg.eig)
         return linalg.inv_sqrtm(
-            _add_eps(cov, eps), method, **matrix_function_kwargs(method, backward, iters)
+            cov, method, eps=float(eps), **matrix_function_kwargs(method, backward, iters)
         )
 
 
@@ -182,19 +151,18 @@ def zca_whiten(
             f"expected running_mean of shape {(x.shape[1],)} and running_cov of shape "
             f"{(groups, c, c)}, got {tuple(running_mean.shape)} and {tuple(running_cov.shape)}"
         )
-    use_batch_stats = training or running_mean is None
-    with no_autocast(x.device.type):
-        xg = _to_groups(x.to(compute_dtype(x.dtype)), groups)
-        if use_batch_stats:
-            mean, centred, cov = _batch_statistics(xg)
-            if training and running_mean is not None:
-                _update_running_stats(running_mean, running_cov, mean, cov, momentum)
-        else:
-            centred = xg - running_mean.to(xg.dtype).reshape(groups, c, 1)
-            cov = running_cov.to(xg.dtype)
-        W = zca_whitening_matrix(cov, eps, method, backward=backward, iters=iters)
-        y = _affine(W @ centred, weight, bias)
-        return _from_groups(y, x.shape).to(x.dtype)
+    def whitening(cov: Tensor) -> Tensor:
+        return zca_whitening_matrix(cov, eps, method, backward=backward, iters=iters)
+
+    running = None
+    if not training and running_mean is not None:
+        running = (running_mean, lambda dtype: whitening(running_cov.to(dtype)))
+    update = None
+    if training and running_mean is not None:
+        def update(mean: Tensor, cov: Tensor, _count: Tensor) -> None:
+            _update_running_stats(running_mean, running_cov, mean, cov, momentum)
+    return zca_core(x, groups, weight=weight, bias=bias, whitening=whitening, running=running,
+                    on_statistics=update)
 
 
 class _DecorrelatedBatchNorm(nn.Module):
@@ -314,10 +282,10 @@ class _DecorrelatedBatchNorm(nn.Module):
 
     def _whitening(self, cov: Tensor) -> Tensor:
         """(cov + εI)^{-1/2}; stores cov + εI when ``capture_covariance`` is on."""
-        cov = _add_eps(cov, self.eps)
         if self.capture_covariance:
-            self.captured_covariance = cov.detach()
-        return zca_whitening_matrix(cov, 0.0, self.method, backward=self.backward, iters=self.iters)
+            self.captured_covariance = _add_eps(cov, self.eps).detach()
+        return zca_whitening_matrix(cov, self.eps, self.method, backward=self.backward,
+                                    iters=self.iters)
 
     def _cache_key(self, dtype: torch.dtype) -> tuple:
         # _version moves on every in-place write to the buffer (momentum updates, copy_,
@@ -352,24 +320,47 @@ class _DecorrelatedBatchNorm(nn.Module):
             return W
         return cached[2]
 
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
-        groups, c = self.groups, self.num_features // self.groups
-        use_batch_stats = self.training or not self.track_running_stats
-        with no_autocast(x.device.type):
-            xg = _to_groups(x.to(compute_dtype(x.dtype)), groups)
-            if use_batch_stats:
-                mean, centred, cov = _batch_statistics(xg)
-                if self.training and self.track_running_stats:
-                    self._update_running(mean, cov)
-                W = self._whitening(cov)
-            else:
-                centred = xg - self.running_mean.to(xg.dtype).reshape(groups, c, 1)
-                W = self._cached_whitening(xg.dtype)
-            y = _from_groups(_affine(W @ centred, self.weight, self.bias), x.shape).to(x.dtype)
+    def _on_statistics(self, mean: Tensor, cov: Tensor, count: Tensor) -> None:
+        if self.training and self.track_running_stats:
+            self._update_running(mean, cov)
+
+    def _zca(self, x: Tensor, reduce: Reduce | None = None) -> Tensor:
+        """The functional core with this layer's parameters, statistics and ``reduce``."""
+        running = None
+        if not (self.training or not self.track_running_stats):
+            running = (self.running_mean, self._cached_whitening)
+        y = zca_core(x, self.groups, weight=self.weight, bias=self.bias,
+                     whitening=self._whitening, running=running,
+                     on_statistics=self._on_statistics, reduce=reduce)
         if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)  # keep the layout, as BatchNorm2d
         return y
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return self._zca(x)
+
+    def whiten_batch(self, x: Tensor, copies: int = 1) -> Tensor:
+        """Whiten ``x`` with its own batch statistics; running statistics stay as they are.
+
+        ``copies > 1``: ``x`` (N, copies·C, *) holds ``copies`` inputs side by side in the
+        channel dim, each whitened as this layer whitens a batch alone (groups·copies groups,
+        γ and β repeated): how a probe evaluates stacked perturbed copies of a model with
+        each copy's own batch statistics in one call.
+        """
+        check_int(copies, "copies")
+        check_input(x, type(self).__name__, self._input_ndims, self.num_features * copies,
+                    self._layout)
+
+        def whitening(cov: Tensor) -> Tensor:
+            return zca_whitening_matrix(cov, self.eps, self.method, backward=self.backward,
+                                        iters=self.iters)
+
+        def repeat(p: Tensor | None) -> Tensor | None:
+            return None if p is None else p.repeat(copies)
+
+        return zca_core(x, self.groups * copies, weight=repeat(self.weight),
+                        bias=repeat(self.bias), whitening=whitening)
 
     def extra_repr(self) -> str:
         return (

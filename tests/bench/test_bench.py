@@ -29,7 +29,11 @@ META_KEYS = {"device", "device_type", "torch", "orthocond", "dtype", "tf32", "da
 EXPECTED = {
     "gcp": ({"eig-exact", "eig-pade", "ns", "mpa"}, {"eigh", "bmm"}),
     "zca": ({"eig-exact", "eig-pade", "ns", "mpa"}, {"eigh", "bn2d", "bmm"}),
-    "nog": ({"svd", "ns", "NOG svd", "NOG ns"}, {"svd", "svd+mm", "bmm"}),
+    "nog": ({"svd", "ns"}, {"svd", "bmm", "muon-ns5"}),
+    "polar": (
+        {"ns-5", "ns-6", "ns-7", "ns-8", "ns-9", "ns-6-f32gram", "ns-8-f32gram", "full-8", "full-9"},
+        {"svd", "muon-ns5"},
+    ),
     "step": ({"nog-svd+olr", "nog-ns+olr"}, {"sgd"}),
 }
 
@@ -92,12 +96,12 @@ def test_every_suite_has_its_methods_and_baselines(quick_run, suite):
     assert {r["method"] for r in _rows(data, suite, kind="method")} == methods
     assert {r["method"] for r in _rows(data, suite, kind="baseline")} == baselines
     passes = {r["pass"] for r in _rows(data, suite)}
-    assert passes == ({"step"} if suite == "step" else {"fwd"} if suite == "nog" else {"fwd", "fwd+bwd"})
+    assert passes == ({"step"} if suite == "step" else {"fwd"} if suite in ("nog", "polar") else {"fwd", "fwd+bwd"})
 
 
 def test_rows_have_keys_and_finite_positive_times(quick_run):
     _, data = quick_run
-    assert len(data["results"]) == 11 + 13 + 7 + 3
+    assert len(data["results"]) == 11 + 13 + 5 + 11 + 3
     for r in data["results"]:
         assert set(r) == ROW_KEYS
         assert r["note"] == "" or r["note"].startswith("model:"), r["note"]
@@ -148,11 +152,8 @@ def test_accuracy_columns_are_measured(quick_run):
     (svd,) = _rows(data, "nog", "svd", kind="method")
     (ns_polar,) = _rows(data, "nog", "ns", kind="method")
     assert svd["fwd_err"] < 1e-5 and ns_polar["fwd_err"] < 1e-3
-    (nog_svd,) = _rows(data, "nog", "NOG svd", kind="method")
-    (nog_ns,) = _rows(data, "nog", "NOG ns", kind="method")
-    assert nog_svd["fwd_err"] < 1e-5 and nog_ns["fwd_err"] < 1e-3
     for r in _rows(data, kind="baseline"):
-        if r["method"] in ("bmm", "bn2d", "sgd") or r["suite"] == "nog":
+        if r["method"] in ("bmm", "bn2d", "sgd") or (r["suite"] == "nog" and r["method"] == "svd"):
             assert r["fwd_err"] is None and r["grad_err"] is None
     for r in _rows(data, "step"):
         assert r["fwd_err"] is None
@@ -431,3 +432,14 @@ def test_bench_works_when_the_process_chose_the_new_tf32_api():
         assert matmul.fp32_precision == "tf32"  # and restored after it
     finally:
         matmul.fp32_precision = old
+
+
+def test_polar_curve_rows(quick_run):
+    """The polar suite is an error-vs-time curve: every schedule has its error against float64."""
+    _, data = quick_run
+    rows = {r["method"]: r for r in _rows(data, "polar")}
+    assert rows["ns-8"]["fwd_err"] < 1e-4 and rows["svd"]["fwd_err"] < 1e-5
+    assert rows["ns-5"]["fwd_err"] > rows["ns-8"]["fwd_err"]  # fewer steps, coarser
+    assert rows["full-8"]["fwd_err"] < 1e-4  # the same schedule on the full iterate
+    assert rows["muon-ns5"]["fwd_err"] > 1e-2  # Muon's quintic is not the polar factor
+    assert all(r["ratios"].keys() == {"svd", "muon-ns5"} for r in rows.values() if r["kind"] == "method")

@@ -365,7 +365,9 @@ def test_nog_optimizer_step_size_is_the_same_for_svd_and_ns_on_a_rank_one_gradie
         opt.step()
         steps[method] = (w0 - p.detach()).reshape(64, 27)
     assert steps["svd"].norm().item() == pytest.approx(0.1, rel=1e-5)  # not 0.1 * sqrt(27)
-    assert torch.allclose(steps["svd"], steps["ns"], atol=1e-3 * 0.1)
+    # "ns" maps the rounding-noise singular values (~1e-7 sigma_1) to <~1e-3, not exactly 0
+    assert steps["ns"].norm().item() == pytest.approx(0.1, rel=1e-2)
+    assert (steps["svd"] - steps["ns"]).norm().item() < 1e-2 * 0.1
 
 
 def test_batched_core_cpu_fast_path_matches_the_masked_path():
