@@ -81,3 +81,16 @@ def severities(text: str) -> tuple[int, ...]:
         )
     return vals
 
+
+
+def tasks(text: str) -> tuple[str, ...]:
+    """Comma-separated distinct applications of ``orthocond compare`` (dbn, gcp)."""
+    from orthocond.train import TASKS
+
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [n for n in names if n not in TASKS]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct tasks of {','.join(TASKS)} separated by commas, got {text!r}"
+        )
+    return names

@@ -18,12 +18,15 @@ from orthocond._io import jsonable
 from orthocond.analysis import format_corruption_report
 from orthocond.train import (
     CHECKPOINT_NAME,
+    TASK_COMPARE_DEFAULTS,
     clear_run_outputs,
     compare,
+    compare_tasks,
     distributed_env,
     evaluate_checkpoint,
     format_table,
     parse_treatment,
+    runs_for_task,
     train,
 )
 from orthocond.train.compare import default_treatments, slug
@@ -91,22 +94,92 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "compare does not support torchrun (WORLD_SIZE > 1); run `orthocond compare` "
             "without torchrun (--jobs N trains runs in parallel)"
         )
-    cfg = config_from_args(args, compare=True)
-    gan = cfg.task == "gan"
+    base = config_from_args(args, compare=True)
+    if "gan" in args.tasks:
+        return _compare_gan(args, base)
     treatments = (
         [t.strip() for t in args.treatments.split(",") if t.strip()]
-        if args.treatments is not None else list(default_treatments(cfg.task))
+        if args.treatments is not None else list(default_treatments(base.task))
     )  # fmt: skip
     out = Path(args.out) if args.out else Path("runs") / "compare"
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     for t in treatments:
-        (parse_gan_treatment if gan else parse_treatment)(t)  # fail before starting any run
-    grid = [cfg.replace(treatment=t) for t in treatments]
+        parse_treatment(t)  # fail before starting any run
+    # per task: the base settings, with the task's compare defaults where no option was given
+    bases = {
+        task: base.replace(task=task, **{
+            k: v for k, v in TASK_COMPARE_DEFAULTS.get(task, {}).items() if getattr(args, k) is None
+        })
+        for task in args.tasks
+    }  # fmt: skip
+    grid = [cfg.replace(treatment=t) for task, cfg in bases.items() for t in runs_for_task(task, treatments)]
+    if not grid:
+        raise ValueError(f"none of the treatments {treatments} runs on the tasks {list(args.tasks)}")
     never = set.intersection(*(set(c.ineffective_settings()) for c in grid))
     if never:
         raise ValueError(
             "options that would change nothing in any of these treatments: " + "; ".join(sorted(never))
         )
+    runs = len(grid) * args.seeds
+    on_cpu = resolve_device(base.device).type == "cpu"
+    jobs = args.jobs or (min(_cpu_count(), runs) if on_cpu else 1)
+    threads = args.threads or (max(1, _cpu_count() // jobs) if on_cpu else None)
+    t0 = time.perf_counter()
+    if len(bases) == 1:
+        ((task, cfg),) = bases.items()
+        done = {task: compare(
+            cfg, runs_for_task(task, treatments), seeds=args.seeds, out=out,
+            progress=not args.quiet and jobs == 1, log=log, jobs=jobs, threads=threads,
+        )}  # fmt: skip
+        folders = {task: out}
+    else:
+        done = compare_tasks(
+            bases, treatments, seeds=args.seeds, out=out, log=log, jobs=jobs, threads=threads,
+            progress=not args.quiet and jobs == 1,
+        )  # fmt: skip
+        folders = {task: out / task for task in done}
+    wall = time.perf_counter() - t0
+    total = 0
+    for task, (rows, results) in done.items():
+        total += len(results)
+        if len(done) > 1:
+            print(f"### {task}\n")
+        print(format_table(rows))
+        for r in rows:
+            if r["reasons"]:
+                print(f"failed runs of {r['treatment']} ({len(r['reasons'])}): {'; '.join(r['reasons'])}")
+        if len(done) > 1:
+            print()
+    if len(done) > 1:
+        print((out / "study.md").read_text(encoding="utf-8"))
+    cfg0 = next(iter(bases.values()))
+    landscape = ", landscape.png" if cfg0.landscape_every and cfg0.plots else ""
+    where = ", ".join(str(f) for f in folders.values())
+    print(
+        f"\n{total} runs ({jobs} at a time, {threads or 'default'} thread(s) each) in "
+        f"{wall:.0f} s; tables: compare.md, compare.json; plots: condition.png, accuracy.png"
+        f"{landscape} in {where}"
+        + (f"; paired study table: {out / 'study.md'}, {out / 'study.png'}" if len(done) > 1 else "")
+    )
+    return 0
+
+
+def _compare_gan(args: argparse.Namespace, base: Any) -> int:
+    """``compare --tasks gan``: the GAN grid alone (its own treatments and table)."""
+    if len(args.tasks) > 1:
+        raise ValueError("--tasks gan runs alone (its treatments and table differ); give --tasks gan")
+    cfg = base.replace(task="gan")
+    treatments = (
+        [t.strip() for t in args.treatments.split(",") if t.strip()]
+        if args.treatments is not None else list(default_treatments("gan"))
+    )  # fmt: skip
+    for t in treatments:
+        parse_gan_treatment(t)  # fail before starting any run
+    never = set.intersection(*(set(cfg.replace(treatment=t).ineffective_settings()) for t in treatments))
+    if never:
+        raise ValueError("options that would change nothing in any of these treatments: " + "; ".join(sorted(never)))
+    out = Path(args.out) if args.out else Path("runs") / "compare"
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     runs = len(treatments) * args.seeds
     on_cpu = resolve_device(cfg.device).type == "cpu"
     jobs = args.jobs or (min(_cpu_count(), runs) if on_cpu else 1)
@@ -116,18 +189,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cfg, treatments, seeds=args.seeds, out=out, progress=not args.quiet and jobs == 1,
         log=log, jobs=jobs, threads=threads,
     )  # fmt: skip
-    wall = time.perf_counter() - t0
-    print(format_gan_table(rows) if gan else format_table(rows))
-    landscape = f", {out / 'landscape.png'}" if cfg.landscape_every and cfg.plots else ""
-    plots = (f"traversal grids: {out / 'traversals'}/<treatment>.png" if gan else
-             f"plots: {out / 'condition.png'}, {out / 'accuracy.png'}{landscape}")
-    print(
-        f"\n{len(results)} runs ({jobs} at a time, {threads or 'default'} thread(s) each) in "
-        f"{wall:.0f} s; table: {out / 'compare.md'}, {out / 'compare.json'}; {plots}"
-    )
+    print(format_gan_table(rows))
     for r in rows:
         if r["reasons"]:
             print(f"failed runs of {r['treatment']} ({len(r['reasons'])}): {'; '.join(r['reasons'])}")
+    print(
+        f"\n{len(results)} runs ({jobs} at a time, {threads or 'default'} thread(s) each) in "
+        f"{time.perf_counter() - t0:.0f} s; table: {out / 'compare.md'}, {out / 'compare.json'}; "
+        f"traversal grids: {out / 'traversals'}/<treatment>.png"
+    )
     return 0
 
 

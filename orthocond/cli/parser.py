@@ -12,7 +12,9 @@ from orthocond.analysis import CORRUPTIONS
 from orthocond.train import (
     COMPARE_DEFAULTS,
     COMPARE_PRESETS,
+    COMPARE_TASKS,
     DEFAULT_TREATMENTS,
+    TASK_COMPARE_DEFAULTS,
     TREATMENT_PARTS,
     TrainConfig,
 )
@@ -136,18 +138,28 @@ def build_parser(compare_preset: str | None = None) -> argparse.ArgumentParser:
         "accuracy mean ± std, covariance condition number final and max, orthogonality "
         "error, Pre-SVD weight norm, failed runs) and write compare.md, compare.json, "
         "condition.png (log10 condition number vs step per treatment) and accuracy.png. "
-        f"Without arguments: embedded MNIST, DBN ResNet-18, {TrainConfig().epochs} epochs, one "
-        f"seed, treatments {','.join(DEFAULT_TREATMENTS)}, one single-threaded run per CPU "
-        "core at a time.",
+        f"Without arguments: embedded MNIST, both applications ({','.join(COMPARE_TASKS)}: "
+        f"DBN ResNet-18 stem, GCP ResNet-18 head), {TrainConfig().epochs} epochs, one seed, "
+        f"treatments {','.join(DEFAULT_TREATMENTS)}, one single-threaded run per CPU core "
+        "at a time.",
     )  # fmt: skip
     groups = add_config_options(cp, compare=True)
     _run_options(groups["run"], compare=True)
     cp.add_argument("--treatments", default=None,
                     help="comma-separated treatments; each joins parts of "
                          f"{{{','.join(TREATMENT_PARTS)}}} with '+' "
-                         f"(default {','.join(DEFAULT_TREATMENTS)}); --task gan: parts of "
+                         f"(default {','.join(DEFAULT_TREATMENTS)}); --tasks gan: parts of "
                          f"{{{','.join(GAN_TREATMENT_PARTS)}}} (default "
                          f"{','.join(GAN_DEFAULT_TREATMENTS)})")
+    cp.add_argument("--tasks", type=argtypes.tasks, default=",".join(COMPARE_TASKS),
+                    help="comma-separated applications: dbn (decorrelated-BN stem), gcp (GCP "
+                         "head), gan (the digit GAN of the TPAMI latent-disentanglement study; "
+                         "alone: its own treatments and FID/PPL/VP table); each runs every "
+                         "treatment it supports into --out/<task> when "
+                         f"there are several (default {','.join(COMPARE_TASKS)}; options not "
+                         "given take per-task defaults: "
+                         + "; ".join(f"{t}: " + ", ".join(f"{k} {v}" for k, v in d.items())
+                                     for t, d in TASK_COMPARE_DEFAULTS.items()) + ")")
     cp.add_argument("--seeds", type=argtypes.positive_int, default=1,
                     help="seeds per treatment (--seed, --seed+1, ...; default 1)")
     cp.add_argument("--preset", choices=tuple(COMPARE_PRESETS), default=None,
@@ -155,8 +167,14 @@ def build_parser(compare_preset: str | None = None) -> argparse.ArgumentParser:
                          "divergence -- the unguarded textbook gradient (bwd-svd-unguarded) "
                          "against exact/svd/taylor/pade and under OLR, NOG+OLR and a hard "
                          "orthogonal stem; eps 1e-5, lr 0.1, 1 epoch of 2048 images in "
-                         "batches of 32, no augmentation, 8 seeds, --out runs/failures. "
-                         "gan-study: the GAN latent-disentanglement study (--task gan, DCGAN, "
+                         "batches of 32, no augmentation, 8 seeds, --out runs/failures (dbn). "
+                         "study: both applications x 5 seeds x the treatments of "
+                         "STUDY_TREATMENTS (paper NOG/OLR, the update-target variants, muon, "
+                         "hard, soc, cayley), 2 epochs of 1152 images in batches of 32 (lr x0.1 "
+                         "after 1.5 epochs), 500 test images, with a "
+                         "paired per-seed table against vanilla (study.md, study.png), "
+                         "--out runs/study. "
+                         "gan-study: the GAN latent-disentanglement study (--tasks gan, DCGAN, "
                          f"treatments {','.join(GAN_STUDY_TREATMENTS)}, 8 epochs, 3 seeds, "
                          "--out runs/gan-study; ~30 min with --jobs 1). "
                          "Options given explicitly override the preset")

@@ -143,3 +143,9 @@ def step_will_be_skipped(optimizer: Optimizer) -> bool:
     """
     found_inf = getattr(optimizer, "found_inf", None)
     return isinstance(found_inf, Tensor) and bool(found_inf.item() > 0)
+
+
+def group_of(optimizer: Optimizer) -> dict[int, dict]:
+    """``id(param) -> its param group`` (looked up each time: ``load_state_dict`` and
+    ``add_param_group`` replace or extend the groups)."""
+    return {id(p): group for group in optimizer.param_groups for p in group["params"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,7 +23,9 @@ from ._common import (
     step_will_be_skipped,
 )
 
-OLR_MODES = ("paper", "exact")
+OLR_MODES = ("paper", "exact", "update")
+#: Modes that compute a step size from the gradient before the step.
+GRADIENT_MODES = ("paper", "exact")
 
 _GROUP_HOWTO = """\
 Build the optimizer with the OLR parameters in a group of their own, e.g.
@@ -39,7 +42,17 @@ Build the optimizer with the OLR parameters in a group of their own, e.g.
 
 def _check_mode(mode: object) -> None:
     if mode not in OLR_MODES:
-        raise ValueError(f"OLR: mode must be one of 'paper', 'exact'; got {mode!r}")
+        raise ValueError(f"OLR: mode must be one of 'paper', 'exact', 'update'; got {mode!r}")
+
+
+def is_plain_sgd(optimizer: Optimizer, groups: Sequence[dict]) -> bool:
+    """Whether the step on ``groups`` is exactly ``-lr * grad``: ``torch.optim.SGD`` itself
+    (not a subclass) with ``momentum == 0`` and ``weight_decay == 0`` in every group (the
+    gradient modes' step-size formulas assume that step; ``maximize`` is accounted for)."""
+    return type(optimizer) is torch.optim.SGD and all(
+        float(g.get("momentum", 0.0)) == 0.0 and float(g.get("weight_decay", 0.0)) == 0.0
+        for g in groups
+    )
 
 
 def _as_matrices(weights: Sequence[Tensor], grads: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
@@ -171,10 +184,11 @@ def olr_exact(weights: Sequence[Tensor], grads: Sequence[Tensor], lr: float) -> 
 class OLR:
     r"""Optimal Learning Rate for the Pre-SVD parameters (Song, Sebe, Wang, ECCV 2022).
 
-    Registers a step pre-hook and a step post-hook. Before each step, for every param group
-    holding the given parameters, with :math:`w` and :math:`g` the concatenation of the
-    group's flattened weights and gradients (gradients after :class:`~optim.NOG` if NOG was
-    registered first, before weight decay), a candidate step size is computed:
+    Registers a step pre-hook and a step post-hook. In the gradient modes, before each step,
+    for every param group holding the given parameters, with :math:`w` and :math:`g` the
+    concatenation of the group's flattened weights and gradients (gradients after
+    :class:`~optim.NOG` if NOG was registered first, before weight decay), a candidate step
+    size is computed:
 
     - ``mode="paper"``: :math:`\eta^* = (w\cdot w)(g\cdot w) / ((w\cdot w)(g\cdot g) +
       2 (g\cdot w)^2)`; the group uses :math:`\eta^*` if :math:`0 < \eta^* <` scheduled lr,
@@ -182,6 +196,23 @@ class OLR:
     - ``mode="exact"``: the :math:`\eta \in [0, \text{lr}]` minimising
       :math:`\sum_i \|(W_i - \eta G_i)(W_i - \eta G_i)^T - I\|_F^2` (smaller Gram) exactly
       (quartic in :math:`\eta`, see :func:`olr_exact`); it can be 0.
+
+    Both formulas are for the plain SGD step :math:`w - \eta g`. They warn (``UserWarning``,
+    once, when OLR is created) unless the optimizer is ``torch.optim.SGD`` itself with
+    ``momentum == 0`` and ``weight_decay == 0`` in the managed groups
+    (:func:`is_plain_sgd`): with momentum, weight decay, Adam or RMSprop the applied step
+    has another direction, and :math:`\eta^*` is optimal for a step that is never taken
+    (it then acts as a per-step lr cap).
+
+    ``mode="update"`` works for any optimizer: the pre-hook records :math:`W_{before}`, and
+    after the step (and after an update-target NOG registered before it), with :math:`D_i =
+    W_i - W_{before,i}` the step the optimizer applied, the post-hook sets
+    :math:`W_i \leftarrow W_{before,i} + \alpha^* D_i` with :math:`\alpha^* \in [0, 1]`
+    minimising :math:`\sum_i \|\mathrm{Gram}(W_{before,i} + \alpha D_i) - I\|_F^2` exactly
+    (the quartic of :func:`olr_exact`, one :math:`\alpha^*` per param group; ties go to the
+    larger step). ``last_lr`` reports :math:`\alpha^*` times the scheduled lr and
+    ``last_eta`` :math:`\alpha^*`. The optimizer's state is untouched. A group whose step
+    is not finite is left as the optimizer made it (``last_eta`` ``nan``).
 
     After the step the post-hook writes the scheduled lr back into ``group["lr"]``, so LR
     schedulers (StepLR, MultiStepLR, cosine, chained) keep owning it and checkpoints never
@@ -192,9 +223,7 @@ class OLR:
     ``optimizer.step(closure)`` works: the lr is computed after the closure has produced the
     gradients (and NOG has run on them). ``torch.optim.LBFGS`` reads its lr before calling
     the closure and is refused. Groups with ``maximize=True`` step along :math:`+g`, which
-    OLR accounts for. :math:`\eta^*` is computed for the plain step :math:`w - \eta g`; with
-    momentum the applied step is the momentum average, so OLR is a per-step lr cap rather
-    than an exact minimiser.
+    OLR accounts for.
 
     The parameters must form their own param group(s): every group containing one of them
     must contain only them (else ``ValueError``). Several parameters in one group share a
@@ -215,7 +244,8 @@ class OLR:
     Args:
         optimizer: the ``torch.optim.Optimizer`` holding ``params``.
         params: tensor or iterable of tensors, all in the optimizer, forming whole groups.
-        mode: ``"paper"`` (default) or ``"exact"`` (params need at least 2 dims).
+        mode: ``"paper"`` (default), ``"exact"`` or ``"update"`` (those two need params with
+            at least 2 dims).
 
     Example:
         >>> conv = torch.nn.Conv2d(3, 64, 3, bias=False)
@@ -236,13 +266,13 @@ class OLR:
         for i, p in enumerate(self.params):
             if not p.is_floating_point():
                 raise TypeError(f"OLR: params[{i}] must be floating point, got {p.dtype}")
-            if mode == "exact" and p.ndim < 2:
+            if mode != "paper" and p.ndim < 2:
                 raise ValueError(
-                    f"OLR: mode='exact' needs weights with at least 2 dims; params[{i}] has "
+                    f"OLR: mode={mode!r} needs weights with at least 2 dims; params[{i}] has "
                     f"shape {tuple(p.shape)}"
                 )
         check_in_optimizer(self.params, self.optimizer, "OLR")
-        if isinstance(self.optimizer, torch.optim.LBFGS):
+        if mode in GRADIENT_MODES and isinstance(self.optimizer, torch.optim.LBFGS):
             raise ValueError(
                 "OLR: torch.optim.LBFGS reads its lr before it evaluates the closure, so no "
                 "step size computed from the gradient can reach it; use OLR with a first-order "
@@ -253,6 +283,17 @@ class OLR:
         self.last_lr: list[float] | None = None
         self.last_eta: list[float] | None = None
         self._saved: list[tuple[int, Any, float]] | None = None
+        self._before: dict[int, Tensor] = {}
+        if mode in GRADIENT_MODES and not is_plain_sgd(self.optimizer, self.groups):
+            warnings.warn(
+                f"OLR: mode={mode!r} computes the step size for the plain SGD step -lr * grad, "
+                f"but {type(self.optimizer).__name__} with these settings (momentum, weight "
+                "decay or adaptive scaling) applies another step, so the lr is optimal for a "
+                "step that is never taken; mode='update' optimises the step the optimizer "
+                "actually applies",
+                UserWarning,
+                stacklevel=2,
+            )
         attach(self.optimizer, self)
         self._pre: Any = self.optimizer.register_step_pre_hook(self._before_step)
         self._post: Any = self.optimizer.register_step_post_hook(self._after_step)
@@ -311,7 +352,45 @@ class OLR:
 
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> Any:
         self._restore()
+        if self.mode == "update":
+            self._record()
+            return None
         return after_gradients(args, kwargs, lambda: self._set_lr(optimizer))
+
+    @torch.no_grad()
+    def _record(self) -> None:
+        # The weights do not change while a closure recomputes the gradients: record now.
+        for p in self.params:
+            buf = self._before.get(id(p))
+            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+                self._before[id(p)] = p.detach().clone()
+            else:
+                buf.copy_(p.detach())
+
+    @torch.no_grad()
+    def _scale_step(self, optimizer: Optimizer) -> None:
+        """Update mode: W <- W_before + alpha* D per managed group (see the class notes)."""
+        if step_will_be_skipped(optimizer):
+            return
+        used, raw = [], []
+        for gi in self._group_indices:
+            group = optimizer.param_groups[gi]
+            ps = [p for p in group["params"] if id(p) in self._before]
+            befores = [self._before[id(p)] for p in ps]
+            steps = [p.detach() - b for p, b in zip(ps, befores)]
+            lr = float(group["lr"])
+            if not ps or not all(bool(torch.isfinite(d).all()) for d in steps):
+                used.append(lr)  # nothing to scale / a non-finite step stays as it is
+                raw.append(math.nan)
+                continue
+            alpha = olr_exact(befores, [-d for d in steps], 1.0)
+            if alpha != 1.0:
+                for p, b, d in zip(ps, befores, steps):
+                    p.detach().copy_(b + alpha * d)
+            used.append(alpha * lr)
+            raw.append(alpha)
+        self.last_lr = used
+        self.last_eta = raw
 
     @torch.no_grad()
     def _set_lr(self, optimizer: Optimizer) -> None:
@@ -339,6 +418,8 @@ class OLR:
         self.last_eta = raw
 
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if self.mode == "update":
+            self._scale_step(optimizer)
         self._restore()
 
     def remove(self) -> None:
@@ -348,6 +429,7 @@ class OLR:
             self._pre.remove()
             self._post.remove()
             self._pre = self._post = None
+            self._before = {}
             detach(self.optimizer, self)
 
     @property
@@ -366,11 +448,11 @@ class OLR:
                 f"OLR.load_state_dict expects a dict with exactly the key 'mode', got {state_dict!r}"
             )
         _check_mode(state_dict["mode"])
-        if state_dict["mode"] == "exact":
+        if state_dict["mode"] != "paper":
             for i, p in enumerate(self.params):
                 if p.ndim < 2:
                     raise ValueError(
-                        f"OLR: mode='exact' needs weights with at least 2 dims; params[{i}] has "
+                        f"OLR: mode={state_dict['mode']!r} needs weights with at least 2 dims; params[{i}] has "
                         f"shape {tuple(p.shape)}"
                     )
         self.mode = state_dict["mode"]

@@ -29,7 +29,15 @@ from .build import (
     build_optimizer,
     param_group,
 )
-from .compare import COMPARE_DEFAULTS, COMPARE_PRESETS, compare
+from .compare import (
+    COMPARE_DEFAULTS,
+    COMPARE_PRESETS,
+    COMPARE_TASKS,
+    TASK_COMPARE_DEFAULTS,
+    compare,
+    compare_tasks,
+    runs_for_task,
+)
 from .config import ARCHS, TASK_DEFAULTS, TASKS, TrainConfig
 from .distributed import distributed_env
 from .evaluate import evaluate_checkpoint
@@ -47,13 +55,17 @@ from .plots import plot_compare, plot_compare_landscape, plot_run, read_landscap
 from .result import RunResult, aggregate, format_table
 from .run_dir import CHECKPOINT_NAME, RUN_FILES, clear_run_outputs, load_checkpoint, save_checkpoint
 from .schedules import SCHEDULES, ScheduleFactor, last_decay_epoch, lr_lambda, make_scheduler
+from .study import format_study, paired_rows, plot_study
 from .trainer import Trainer, train
 from .treatments import (
     DEFAULT_TREATMENTS,
     FAILURE_TREATMENTS,
     ORTHO_KINDS,
     PENALTY_COEFFICIENT,
+    RECOMMENDED_TREATMENT,
+    STUDY_TREATMENTS,
     TREATMENT_PARTS,
+    UPDATE_NOG_PARTS,
     Treatment,
     parse_treatment,
 )
@@ -63,6 +75,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "COMPARE_DEFAULTS",
     "COMPARE_PRESETS",
+    "COMPARE_TASKS",
     "DEFAULT_TREATMENTS",
     "FAILURE_TREATMENTS",
     "GAN_DEFAULT_TREATMENTS",
@@ -71,12 +84,16 @@ __all__ = [
     "ORTHO_KINDS",
     "PENALTY_COEFFICIENT",
     "PRE_SVD_GROUP",
+    "RECOMMENDED_TREATMENT",
     "REST_GROUP",
     "RUN_FILES",
     "SCHEDULES",
+    "STUDY_TREATMENTS",
     "TASKS",
+    "TASK_COMPARE_DEFAULTS",
     "TASK_DEFAULTS",
     "TREATMENT_PARTS",
+    "UPDATE_NOG_PARTS",
     "GanTask",
     "HybridSwitch",
     "RunResult",
@@ -91,21 +108,26 @@ __all__ = [
     "build_optimizer",
     "clear_run_outputs",
     "compare",
+    "compare_tasks",
     "distributed_env",
     "evaluate_checkpoint",
+    "format_study",
     "format_gan_table",
     "format_table",
     "last_decay_epoch",
     "load_checkpoint",
     "lr_lambda",
     "make_scheduler",
+    "paired_rows",
     "param_group",
     "parse_gan_treatment",
     "parse_treatment",
     "plot_compare",
     "plot_compare_landscape",
     "plot_run",
+    "plot_study",
     "read_landscape",
+    "runs_for_task",
     "save_checkpoint",
     "train",
 ]

@@ -80,10 +80,10 @@ def build_optimizer(
     cfg: TrainConfig, model: nn.Module
 ) -> tuple[torch.optim.Optimizer, dict[str, Any], list[nn.Parameter]]:
     """SGD (momentum, weight decay) with the Pre-SVD parameters in a param group of their
-    own, named :data:`PRE_SVD_GROUP` (find it with :func:`param_group`) -- CayleySGD with that group on the Stiefel manifold for ``ortho="cayley"``, no
-    weight decay on it for ``ortho="hard"`` (geotorch coordinates) -- and the NOG then OLR
-    hooks (task gan: :func:`~orthocond.train.gan.build_gan_optimizer`, Adam with the same
-    named groups). Returns ``(optimizer, {"nog": NOG|None, "olr": OLR|None},
+    own, named :data:`PRE_SVD_GROUP` (find it with :func:`param_group`) -- CayleySGD with
+    that group on the Stiefel manifold for ``ortho="cayley"``, no weight decay on it for
+    ``ortho="hard"`` (geotorch coordinates), its own momentum / Nesterov for
+    ``pre_svd_momentum`` / ``pre_svd_nesterov`` (``muon``) -- and the NOG then OLR hooks. Returns ``(optimizer, {"nog": NOG|None, "olr": OLR|None},
     pre_svd_params)``."""
     r = cfg.resolved()
     if cfg.task == "gan":
@@ -106,13 +106,19 @@ def build_optimizer(
         pre_group: dict[str, Any] = {"params": pre, "name": PRE_SVD_GROUP}
         if cfg.ortho == "hard":
             pre_group["weight_decay"] = 0.0
+        if cfg.pre_svd_momentum is not None:
+            pre_group["momentum"] = cfg.pre_svd_momentum
+        if cfg.pre_svd_nesterov:
+            pre_group["nesterov"] = True
         opt = torch.optim.SGD(
             [pre_group, {"params": rest, "name": REST_GROUP}],
             lr=r["lr"], momentum=cfg.momentum, weight_decay=r["weight_decay"],
         )  # fmt: skip
     hooks: dict[str, Any] = {"nog": None, "olr": None}
     if cfg.nog:
-        hooks["nog"] = optim.NOG(opt, pre, method=cfg.nog, rtol=cfg.nog_rtol, scale=cfg.nog_scale)
+        hooks["nog"] = optim.NOG(
+            opt, pre, method=cfg.nog, rtol=cfg.nog_rtol, scale=cfg.nog_scale, target=cfg.nog_target
+        )
     if cfg.olr:
         hooks["olr"] = optim.OLR(opt, pre, mode=cfg.olr)
     return opt, hooks, pre

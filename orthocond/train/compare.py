@@ -27,10 +27,22 @@ from .gan import (
 )
 from .plots import plot_compare, plot_compare_landscape
 from .result import RunResult, aggregate, format_number, format_table
+from .study import format_study, paired_rows, plot_study
 from .trainer import Trainer
-from .treatments import DEFAULT_TREATMENTS, FAILURE_TREATMENTS, parse_treatment
+from .treatments import DEFAULT_TREATMENTS, FAILURE_TREATMENTS, STUDY_TREATMENTS, parse_treatment
 
-__all__ = ["COMPARE_DEFAULTS", "COMPARE_PRESETS", "compare", "default_treatments", "slug"]
+__all__ = [
+    "COMPARE_DEFAULTS", "COMPARE_PRESETS", "COMPARE_TASKS", "TASK_COMPARE_DEFAULTS",
+    "compare", "compare_tasks", "default_treatments", "runs_for_task", "slug",
+]  # fmt: skip
+
+#: The applications ``orthocond compare`` runs by default: the decorrelated-BN stem and the
+#: GCP head.
+COMPARE_TASKS = ("dbn", "gcp")
+#: Per-task defaults of ``orthocond compare`` where an option is not given: the GCP
+#: ResNet-18 keeps full resolution through its CIFAR stem, so width 8 (covariance 64 x 64)
+#: keeps its runs about as long as the DBN ones at width 16.
+TASK_COMPARE_DEFAULTS: dict[str, dict[str, Any]] = {"gcp": {"width": 8}}
 
 #: Where ``orthocond compare``'s defaults differ from :class:`TrainConfig`'s: a condition
 #: record every 2 steps (the quick MNIST runs have few).
@@ -45,11 +57,17 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
         "eps": 1e-5, "lr": 0.1, "batch_size": 32, "limit_train": 2048, "epochs": 1,
         "augment": False, "seeds": 8, "monitor_every": 4,
         "treatments": ",".join(FAILURE_TREATMENTS), "out": str(Path("runs") / "failures"),
+        "tasks": "dbn",
+    },
+    "study": {
+        "epochs": 2, "limit_train": 1152, "limit_test": 500, "batch_size": 32,
+        "milestones": (1.5,), "monitor_every": 4, "seeds": 5, "treatments": ",".join(STUDY_TREATMENTS),
+        "tasks": ",".join(COMPARE_TASKS), "out": str(Path("runs") / "study"),
     },
     # the GAN latent-disentanglement study (README): the GAN treatments, 3 seeds, DCGAN on
     # the 4,000 embedded training digits, 8 epochs; ~30 minutes on one core with --jobs 1
     "gan-study": {
-        "task": "gan", "epochs": 8, "batch_size": 64, "seeds": 3,
+        "tasks": "gan", "epochs": 8, "batch_size": 64, "seeds": 3,
         "treatments": ",".join(GAN_STUDY_TREATMENTS), "out": str(Path("runs") / "gan-study"),
     },
 }  # fmt: skip
@@ -226,6 +244,51 @@ def _run_one(
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name.replace("+", "_"))
+
+
+def runs_for_task(task: str, treatments: Sequence[str]) -> list[str]:
+    """The treatments of ``treatments`` that exist for ``task`` (``soc`` replaces the DBN
+    stem and has no GCP counterpart)."""
+    return [t for t in treatments if task == "dbn" or "soc" not in t.split("+")]
+
+
+def compare_tasks(
+    bases: dict[str, TrainConfig],
+    treatments: Sequence[str] = DEFAULT_TREATMENTS,
+    *,
+    seeds: int = 1,
+    out: Union[str, os.PathLike, None] = None,
+    log: Callable[[str], None] | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, tuple[list[dict[str, Any]], list[RunResult]]]:
+    """:func:`compare` on several applications (``bases``: task name -> its settings), each
+    into ``out/<task>/``, the treatments a task cannot run left out (:func:`runs_for_task`);
+    then, with ``out``, ``study.md`` / ``study.json`` / ``study.png``: per task the paired
+    per-seed comparison with vanilla (:func:`~orthocond.train.study.paired_rows`).
+
+    Returns ``{task: (rows, results)}`` as :func:`compare` returns them.
+    """
+    if not bases:
+        raise ValueError("bases must name at least one task")
+    outp = Path(out) if out is not None else None
+    done: dict[str, tuple[list[dict[str, Any]], list[RunResult]]] = {}
+    for task, base in bases.items():
+        names = runs_for_task(task, treatments)
+        if not names:
+            continue
+        done[task] = compare(
+            base, names, seeds=seeds, out=None if outp is None else outp / task, log=log,
+            jobs=jobs, threads=threads, progress=progress,
+        )  # fmt: skip
+    if outp is not None:
+        tables = {task: paired_rows(results) for task, (_, results) in done.items()}
+        atomic_write(outp / "study.md", format_study(tables) + "\n")
+        atomic_write(outp / "study.json", json.dumps(jsonable({"seeds": seeds, "tables": tables}), indent=1) + "\n")
+        if any(b.plots for b in bases.values()):
+            plot_study(tables, outp)
+    return done
 
 
 # --------------------------------------------------------------------------- plots

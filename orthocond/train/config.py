@@ -17,7 +17,7 @@ from orthocond import linalg
 from orthocond._checks import check_choice, check_float, check_int
 from orthocond.data import DATASETS
 from orthocond.models.resnet import CIFAR_DEPTHS, GCP_DEPTHS
-from orthocond.optim import NOG_METHODS, NOG_SCALES, OLR_MODES
+from orthocond.optim import NOG_METHODS, NOG_SCALES, NOG_TARGETS, OLR_MODES
 from orthocond.ortho import PENALTY_KINDS
 
 from .gan import GAN_ARCHS, parse_gan_treatment
@@ -83,7 +83,8 @@ class TrainConfig:
     (gcp), ``method`` "eig" (dbn) / "ns" (gcp), ``milestones`` the papers' fractions of
     ``epochs`` (dbn 100/200/300 of 350, gcp 30/45/60 of 65), ``width`` 16 on MNIST and 64
     otherwise, ``reduced_channels`` min(256, 8·width) (gcp). A ``treatment`` name
-    (:func:`parse_treatment`) overrides ``nog``/``nog_scale``/``olr``/``ortho``.
+    (:func:`parse_treatment`) overrides ``nog``/``nog_scale``/``nog_target``/``olr``/``ortho``/
+    ``pre_svd_momentum``/``pre_svd_nesterov``.
 
     Schedules (:data:`SCHEDULES`): ``milestones`` are the decay epochs of ``multistep``
     (floats) and ``step`` (integers in [1, epochs]; default ⌊epochs/2⌋, ⌊3·epochs/4⌋);
@@ -103,7 +104,7 @@ class TrainConfig:
     """
 
     # -- model and data
-    task: str = _opt("dbn", "model and data", "dbn: ZCA-whitening (decorrelated BN) after the stem conv (ECCV22); gcp: global covariance pooling head (iSQRT-COV); gan: a digit generator whose first layer (dcgan) or subspace bases (eigengan) NOG/OLR act on (TPAMI 2023 latent disentanglement)", choices=TASKS)
+    task: str = _opt("dbn", "model and data", "dbn: ZCA-whitening (decorrelated BN) after the stem conv (ECCV22); gcp: global covariance pooling head (iSQRT-COV); gan: a digit generator whose first layer (dcgan) or subspace bases (eigengan) NOG/OLR act on (TPAMI 2023 latent disentanglement)", choices=TASKS, compare=False)
     arch: str | None = _opt(None, "model and data", "resnet18/34/50 (dbn), resnet18/50/101 (gcp), dcgan/eigengan (gan); default the first")
     dataset: str = _opt("mnist", "model and data", "mnist = the embedded 5,000 real MNIST digits (4,000 train / 1,000 test, no download); cifar10/cifar100/imagefolder need --data-dir", choices=DATASETS)
     data_dir: str | None = _opt(None, "model and data", "folder with the dataset files")
@@ -135,8 +136,11 @@ class TrainConfig:
     penalty_coef: float | None = _opt(None, "optimisation", "lambda of the so/dso/mc/srip penalties (default 1e-2; srip: its epoch schedule)", argtype="float")
     # -- treatment (train only; compare takes --treatments)
     nog: str | None = _opt(None, "treatment", "Nearest Orthogonal Gradient on the Pre-SVD layer (svd when given without a value; ns = Polar-Express matmul iteration)", choices=NOG_METHODS, nargs="?", const="svd", compare=False)
-    nog_scale: str = _opt("none", "treatment", "none = the paper's U V^T; grad = rescaled to the gradient norm", choices=NOG_SCALES, compare=False)
-    olr: str | None = _opt(None, "treatment", "Optimal Learning Rate for the Pre-SVD layer (paper closed form when given without a value; exact = minimiser of the quartic)", choices=OLR_MODES, nargs="?", const="paper", compare=False)
+    nog_scale: str = _opt("none", "treatment", "gradient target: none = the paper's U V^T, grad = rescaled to the gradient norm, spectral = times sqrt(max(1, m/n)); update target: none = every singular value of the step equals the lr, grad = the optimizer's step length, spectral = lr*sqrt(max(1, m/n))", choices=NOG_SCALES, compare=False)
+    nog_target: str = _opt("gradient", "treatment", "what NOG orthogonalises: gradient = the paper (before momentum and weight decay); update = the step the optimizer applied (any optimizer)", choices=NOG_TARGETS, compare=False)
+    olr: str | None = _opt(None, "treatment", "Optimal Learning Rate for the Pre-SVD layer (paper closed form when given without a value; exact = minimiser of the quartic; update = the fraction of the applied step that makes the weight most orthogonal)", choices=OLR_MODES, nargs="?", const="paper", compare=False)
+    pre_svd_momentum: float | None = _opt(None, "treatment", "momentum of the Pre-SVD param group (default: --momentum; muon: 0.95)", argtype="float", compare=False)
+    pre_svd_nesterov: bool = _opt(False, "treatment", "Nesterov momentum for the Pre-SVD param group (muon)", compare=False)
     ortho: str = _opt("none", "treatment", "orthogonality of the Pre-SVD layer: hard (geotorch), soc (SOC stem), so/dso/mc/srip (penalty), oni, own, cayley (Cayley SGD)", choices=ORTHO_KINDS, compare=False)
     treatment: str | None = _opt(None, "treatment", "a compare-style name such as nog-grad+olr (overrides --nog/--olr/--ortho)", compare=False)
     # -- run
@@ -162,7 +166,9 @@ class TrainConfig:
             if getattr(self, name) is None:
                 setattr(self, name, TASK_DEFAULTS.get(self.task, TASK_DEFAULTS["dbn"])[name])
         if self.task == "gan":
-            if self.nog or self.olr or self.ortho != "none" or self.nog_scale != "none":
+            if (self.nog or self.olr or self.ortho != "none" or self.nog_scale != "none"
+                    or self.nog_target != "gradient" or self.pre_svd_momentum is not None
+                    or self.pre_svd_nesterov):
                 raise ValueError(
                     "task 'gan' takes its treatment by name (--treatment nog-update+olr, ...), "
                     "not --nog/--nog-scale/--olr/--ortho"
@@ -171,6 +177,8 @@ class TrainConfig:
         elif self.treatment:
             t = parse_treatment(self.treatment)
             self.nog, self.nog_scale, self.olr, self.ortho = t.nog, t.nog_scale, t.olr, t.ortho
+            self.nog_target = t.nog_target
+            self.pre_svd_momentum, self.pre_svd_nesterov = t.pre_svd_momentum, t.pre_svd_nesterov
             if t.backward is not None:
                 self.backward = t.backward
         self.validate()
@@ -203,6 +211,14 @@ class TrainConfig:
         check_float(self.gamma, "gamma", low=0, low_open=True)
         check_float(self.momentum, "momentum", low=0, high=1, high_open=True)
         check_float(self.beta1, "beta1", low=0, high=1, high_open=True)
+        check_float(self.pre_svd_momentum, "pre_svd_momentum", low=0, high=1, high_open=True, allow_none=True)
+        if self.pre_svd_nesterov and (self.pre_svd_momentum if self.pre_svd_momentum is not None else self.momentum) <= 0:
+            raise ValueError("pre_svd_nesterov needs a positive momentum for the Pre-SVD group")
+        if self.ortho == "cayley" and (self.pre_svd_momentum is not None or self.pre_svd_nesterov):
+            raise ValueError(
+                "pre_svd_momentum/pre_svd_nesterov set the SGD group of the Pre-SVD layer; "
+                "ortho='cayley' trains it with Cayley SGD instead"
+            )
         if self.milestones is not None and any(m < 0 for m in self.milestones):
             raise ValueError(f"milestones must be >= 0 (in epochs), got {self.milestones}")
         self._validate_schedule()
@@ -287,7 +303,10 @@ class TrainConfig:
         """The treatment's name, or one built from the settings."""
         if self.treatment:
             return self.treatment
-        return treatment_label(self.nog, self.nog_scale, self.olr, self.ortho, self.backward)
+        return treatment_label(
+            self.nog, self.nog_scale, self.olr, self.ortho, self.backward, self.nog_target,
+            self.pre_svd_momentum, self.pre_svd_nesterov,
+        )  # fmt: skip
 
     def ineffective_settings(self) -> list[str]:
         """Settings that differ from their defaults but change nothing in this run (the CLI
@@ -296,6 +315,8 @@ class TrainConfig:
         out = []
         if self.nog_scale != default["nog_scale"] and self.nog is None:
             out.append(f"nog_scale={self.nog_scale!r} needs NOG (--nog)")
+        if self.nog_target != default["nog_target"] and self.nog is None:
+            out.append(f"nog_target={self.nog_target!r} needs NOG (--nog)")
         if self.nog_rtol is not None and self.nog != "svd":
             out.append("nog_rtol needs NOG with method svd (--nog svd)")
         gan_penalty = self.task == "gan" and parse_gan_treatment(self.treatment or "vanilla").penalty

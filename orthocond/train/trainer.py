@@ -404,7 +404,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "hooks": {
                 "nog": None if self.hooks["nog"] is None else {
-                    "method": self.cfg.nog, "scale": self.cfg.nog_scale, "rtol": self.cfg.nog_rtol
+                    "method": self.cfg.nog, "scale": self.cfg.nog_scale, "rtol": self.cfg.nog_rtol,
+                    "target": self.cfg.nog_target,
                 },
                 "olr": None if self.hooks["olr"] is None else self.hooks["olr"].state_dict(),
             },

@@ -181,8 +181,8 @@ def test_train_default_output_folder_names_the_setting():
 
 def test_compare_two_treatments_writes_table_and_plots(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = main(["compare", "--treatments", "vanilla,nog-grad+olr", *SMALL, "--jobs", "1", "--threads", "1",
-               "--out", str(out)])
+    rc = main(["compare", "--treatments", "vanilla,nog-grad+olr", "--tasks", "dbn", *SMALL, "--jobs",
+               "1", "--threads", "1", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     lines = printed.splitlines()

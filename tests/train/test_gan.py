@@ -162,16 +162,17 @@ def test_run_folder_holds_fid_curve_and_traversal(tiny_data, tmp_path):
 def test_cli_train_and_compare_task_gan(tmp_path, capsys):
     from orthocond.cli import main
 
-    common = ["--task", "gan", "--epochs", "1", "--limit-train", "64", "--limit-test", "64",
+    common = ["--epochs", "1", "--limit-train", "64", "--limit-test", "64",
               "--width", "4", "--latent-dim", "4", "--no-tensorboard", "--no-plots"]
-    assert main(["train", *common, "--treatment", "hessian", "--out", str(tmp_path / "t"),
-                 "--quiet"]) == 0
+    assert main(["train", "--task", "gan", *common, "--treatment", "hessian",
+                 "--out", str(tmp_path / "t"), "--quiet"]) == 0
     assert "metrics      : fid" in capsys.readouterr().out
-    assert main(["compare", *common, "--treatments", "vanilla,nog", "--jobs", "1",
-                 "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert main(["compare", "--tasks", "gan", *common, "--treatments", "vanilla,nog", "--jobs",
+                 "1", "--out", str(tmp_path / "c"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "| treatment | FID ↓ | PPL ↓ | VP % ↑" in out and "| nog |" in out
-    assert main(["train", *common, "--nog", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert main(["train", "--task", "gan", *common, "--nog", "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 2
     assert "takes its treatment by name" in capsys.readouterr().err
 
 
