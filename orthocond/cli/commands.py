@@ -168,7 +168,10 @@ def _compare_gan(args: argparse.Namespace, base: Any) -> int:
     """``compare --tasks gan``: the GAN grid alone (its own treatments and table)."""
     if len(args.tasks) > 1:
         raise ValueError("--tasks gan runs alone (its treatments and table differ); give --tasks gan")
-    cfg = base.replace(task="gan")
+    # options not given take the GAN's defaults (None: filled in for the task)
+    cfg = base.replace(task="gan", **{
+        k: None for k in ("arch", "epochs", "batch_size") if getattr(args, k) is None
+    })  # fmt: skip
     treatments = (
         [t.strip() for t in args.treatments.split(",") if t.strip()]
         if args.treatments is not None else list(default_treatments("gan"))
