@@ -5,7 +5,7 @@ TPAMI 45(7), 2023. In a DCGAN generator (latent dim 30), NOG acts on the first
 ConvTranspose2d, whose weight (30, C, 4, 4) is the matrix (30, C·16): row i is everything
 latent dimension i writes, and NOG makes those rows orthonormal. Adam, lr 2e-4, β1 0.5,
 batch 64. Baselines: the Hessian Penalty (``--treatment hessian``) and vanilla; the other
-treatments of ``orthocond compare --task gan`` work here too (nog-update, olr, ...).
+treatments of ``orthocond compare --tasks gan`` work here too (nog-update, olr, ...).
 
 Data: nothing is downloaded. Put the aligned CelebA images (img_align_celeba/*.jpg) in any
 sub-folder of ``--data-dir`` (torchvision ImageFolder layout, e.g. ``~/data/celeba/faces/``);

@@ -64,7 +64,7 @@ GAN_ARCHS = ("dcgan", "eigengan")
 GAN_TREATMENT_PARTS = (
     "vanilla", "ol", "hessian", "nog", "nog-grad", "nog-update", "nog-update-grad", "olr",
 )  # fmt: skip
-#: What ``orthocond compare --task gan`` runs without ``--treatments``.
+#: What ``orthocond compare --tasks gan`` runs without ``--treatments``.
 GAN_DEFAULT_TREATMENTS = ("vanilla", "ol", "hessian", "nog", "nog-update", "olr", "nog-update+olr")
 #: The grid of ``orthocond compare --preset gan-study`` (the default grid; nog-grad and nog-update-grad are left
 #: out to fit one CPU core for ~30 minutes: under Adam nog-grad is nog up to Adam's epsilon).
