@@ -108,10 +108,10 @@ LINALG = [
     case("polar-nan", lambda: linalg.polar(_nan_matrix()), ValueError, r"G contains NaN or Inf"),
     case("polar-unknown-method", lambda: linalg.polar(I3, "qr"), ValueError, r"method must be one of 'svd', 'ns'; got 'qr'"),
     case("polar-rtol-needs-svd", lambda: linalg.polar(I3, "ns", rtol=0.1), ValueError, r"rtol needs method='svd'"),
-    case("polar-rtol-range", lambda: linalg.polar(I3, rtol=1.0), ValueError, r"rtol must be a float in \[0, 1\), got 1\.0"),
-    case("polar-steps-zero", lambda: linalg.polar(I3, "ns", steps=0), ValueError, r"steps must be a positive int, got 0"),
+    case("polar-rtol-range", lambda: linalg.polar(I3, rtol=1.0), ValueError, r"rtol must be a finite float in \[0, 1\), got 1\.0"),
+    case("polar-steps-zero", lambda: linalg.polar(I3, "ns", steps=0), ValueError, r"steps must be >= 1, got 0"),
     case("polar-steps-with-svd", lambda: linalg.polar(I3, "svd", steps=3), ValueError, r"steps .*method='ns'"),
-    case("polar_express_coefficients-steps-zero", lambda: linalg.polar_express_coefficients(0), ValueError, r"steps must be a positive int"),
+    case("polar_express_coefficients-steps-zero", lambda: linalg.polar_express_coefficients(0), ValueError, r"steps must be >= 1"),
     case("polar_express_coefficients-lower", lambda: linalg.polar_express_coefficients(3, 2.0), ValueError, r"lower must .*\(0, 1\)"),
     # --- cond / covariance / lyapunov
     case("cond-non-square", lambda: linalg.cond(torch.randn(2, 3)), ValueError, r"A must be square"),

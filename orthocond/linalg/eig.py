@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._utils import is_compiling, safe_floor, sym
+from ._utils import check_int, is_compiling, safe_floor, sym
 
 BACKWARDS = ("exact", "svd", "taylor", "pade")
 UNSAFE_BACKWARDS = ("svd-unguarded",)
@@ -75,8 +75,7 @@ _STREAM_POOL: dict[tuple[int, int], list] = {}
 
 def set_eigh_streams(count: int) -> None:
     """Number of CUDA streams ``eig`` splits a large batch over (1 disables the split)."""
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise ValueError(f"count must be a positive int, got {count!r}")
+    check_int(count, "count")
     _EIGH_STREAMS["count"] = count
 
 

@@ -8,7 +8,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._utils import check_choice, check_matrix, compute_dtype, no_autocast, safe_floor
+from ._utils import (
+    check_choice,
+    check_float,
+    check_int,
+    check_matrix,
+    compute_dtype,
+    no_autocast,
+    safe_floor,
+)
 
 POLAR_METHODS = ("svd", "ns")
 # Smallest normalised singular value the default Polar Express schedule is built for.
@@ -63,10 +71,8 @@ def polar_express_coefficients(
     cannot push a singular value past the polynomial's design range. Once the interval
     has collapsed, the quintic Newton–Schulz polish (15/8, -10/8, 3/8) finishes.
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not isinstance(lower, (int, float)) or isinstance(lower, bool) or not 0 < lower < 1:
-        raise ValueError(f"lower must be a float in the open interval (0, 1), got {lower!r}")
+    check_int(steps, "steps")
+    check_float(lower, "lower", low=0, high=1, low_open=True, high_open=True)
     coefs = []
     lo, hi = float(lower), 1.0
     for _ in range(steps):
@@ -157,15 +163,13 @@ def polar(
     check_matrix(G, "G", square=False)
     check_choice(method, "method", POLAR_METHODS)
     if rtol is not None:
-        if not isinstance(rtol, (int, float)) or isinstance(rtol, bool) or not 0 <= rtol < 1:
-            raise ValueError(f"rtol must be a float in [0, 1), got {rtol!r}")
+        check_float(rtol, "rtol", low=0, high=1, high_open=True)
         if method != "svd":
             raise ValueError(
                 "rtol needs method='svd': the 'ns' iteration cannot cut singular values"
             )
     if steps is not None:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        check_int(steps, "steps")
         if method != "ns":
             raise ValueError(f"steps applies to method='ns' only; got method={method!r}")
     return polar_unchecked(G, method, steps, rtol)

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from orthocond.linalg.polar import polar_unchecked
+from orthocond._checks import as_weight_matrix, check_int
+from orthocond.linalg.polar import POLAR_METHODS, polar_unchecked
 
 from ._common import (
     ParamsArg,
@@ -26,7 +27,7 @@ from ._common import (
     group_of,
 )
 
-NOG_METHODS = ("svd", "ns")
+NOG_METHODS = POLAR_METHODS  # the polar factor's methods: svd (exact) or ns (Polar Express)
 NOG_SCALES = ("none", "grad", "spectral")
 NOG_TARGETS = ("gradient", "update")
 
@@ -74,8 +75,7 @@ def _check_options(
                 "values); got method='ns'"
             )
     if steps is not None:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"{owner}: steps must be None or a positive int, got {steps!r}")
+        check_int(steps, f"{owner}: steps")
         if method != "ns":
             raise ValueError(f"{owner}: steps applies to method='ns' only; got method={method!r}")
 
@@ -287,17 +287,7 @@ def nearest_orthogonal_gradient(
         >>> torch.allclose(r.T @ r, torch.eye(27, dtype=torch.float64))
         True
     """
-    if not isinstance(grad, Tensor):
-        raise TypeError(f"grad must be a torch.Tensor, got {type(grad).__name__}")
-    if not grad.is_floating_point():
-        raise TypeError(f"grad must have a floating dtype, got {grad.dtype}")
-    if grad.ndim < 2:
-        raise ValueError(
-            f"grad must have at least 2 dims (out, in, ...) to be flattened to a matrix, got shape "
-            f"{tuple(grad.shape)}"
-        )
-    if grad.numel() == 0:
-        raise ValueError(f"grad must be non-empty, got shape {tuple(grad.shape)}")
+    as_weight_matrix(grad, "grad", finite=False)  # a non-finite gradient is the caller's to handle
     _check_options(method, rtol, scale, steps, "nearest_orthogonal_gradient")
     G = grad.detach().reshape(1, grad.shape[0], -1)
     return _orthogonalize(G, method, rtol, scale, steps)[0].reshape(grad.shape)

@@ -44,6 +44,8 @@ from orthocond import models, optim, ortho
 from orthocond.analysis import generative
 from orthocond.data import DataSplits
 
+from .treatments import split_treatment
+
 __all__ = [
     "GAN_ARCHS",
     "GAN_DEFAULT_TREATMENTS",
@@ -98,21 +100,14 @@ def parse_gan_treatment(name: str) -> GanTreatment:
         >>> parse_gan_treatment("nog-update+olr")
         GanTreatment(name='nog-update+olr', nog_target='update', nog_scale='none', olr=True, penalty=None)
     """
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"treatment must be a non-empty string, got {name!r}")
-    t = GanTreatment(name=name.strip())
-    seen: set[str] = set()
-    for raw in t.name.split("+"):
-        part = raw.strip().lower()
-        if part not in GAN_TREATMENT_PARTS:
-            raise ValueError(
-                f"unknown GAN treatment part {raw!r} in {name!r}; expected parts of "
-                f"{', '.join(GAN_TREATMENT_PARTS)} joined by '+'"
-            )
-        kind = "nog" if part.startswith("nog") else "penalty" if part in ("ol", "hessian") else part
-        if kind in seen:
-            raise ValueError(f"treatment {name!r} has more than one {kind} part")
-        seen.add(kind)
+    stripped, parts = split_treatment(
+        name, GAN_TREATMENT_PARTS,
+        lambda part: "nog" if part.startswith("nog") else "penalty" if part in ("ol", "hessian") else part,
+        what="GAN treatment",
+    )  # fmt: skip
+    t = GanTreatment(name=stripped)
+    seen = {kind for _, kind in parts}
+    for part, kind in parts:
         if part.startswith("nog"):
             t.nog_target = "update" if "-update" in part else "gradient"
             t.nog_scale = "grad" if part.endswith("-grad") else "none"

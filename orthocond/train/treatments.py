@@ -6,7 +6,9 @@ OLR, orthogonality of the Pre-SVD layer, and the meta-layers' eigen-gradient (``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from orthocond import linalg
 
@@ -23,6 +25,7 @@ __all__ = [
     "Treatment",
     "UPDATE_NOG_PARTS",
     "parse_treatment",
+    "split_treatment",
     "treatment_label",
 ]
 
@@ -87,6 +90,30 @@ class Treatment:
     pre_svd_nesterov: bool = False
 
 
+def split_treatment(
+    name: Any, allowed: Sequence[str], kind_of: Callable[[str], str], what: str = "treatment"
+) -> tuple[str, list[tuple[str, str]]]:
+    """``name`` split at ``+`` into ``(part, kind)`` pairs (parts lower-cased, each in
+    ``allowed``, at most one part of each kind); returns the stripped name and the pairs. The
+    one grammar of every treatment name (classifier and GAN)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"treatment must be a non-empty string, got {name!r}")
+    stripped = name.strip()
+    parts: list[tuple[str, str]] = []
+    for raw in stripped.split("+"):
+        part = raw.strip().lower()
+        if part not in allowed:
+            raise ValueError(
+                f"unknown {what} part {raw!r} in {name!r}; expected parts of "
+                f"{', '.join(allowed)} joined by '+'"
+            )
+        kind = kind_of(part)
+        if any(kind == k for _, k in parts):
+            raise ValueError(f"treatment {name!r} has more than one {kind} part")
+        parts.append((part, kind))
+    return stripped, parts
+
+
 def parse_treatment(name: str) -> Treatment:
     """Parse a treatment name: parts of :data:`TREATMENT_PARTS` joined by ``+``.
 
@@ -111,23 +138,17 @@ def parse_treatment(name: str) -> Treatment:
         >>> parse_treatment("bwd-svd-unguarded+olr").backward
         'svd-unguarded'
     """
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"treatment must be a non-empty string, got {name!r}")
-    t = Treatment(name=name.strip())
-    seen: set[str] = set()
-    for raw in t.name.split("+"):
-        part = raw.strip().lower()
-        if part not in TREATMENT_PARTS:
-            raise ValueError(
-                f"unknown treatment part {raw!r} in {name!r}; expected parts of "
-                f"{', '.join(TREATMENT_PARTS)} joined by '+'"
-            )
-        kind = "nog" if part.startswith("nog") or part == "muon" else "olr" if part.startswith("olr") else (
-            "backward" if part.startswith("bwd-") else "vanilla" if part == "vanilla" else "ortho"
-        )
-        if kind in seen:
-            raise ValueError(f"treatment {name!r} has more than one {kind} part")
-        seen.add(kind)
+    def kind_of(part: str) -> str:
+        if part.startswith("nog") or part == "muon":
+            return "nog"
+        if part.startswith("olr"):
+            return "olr"
+        return "backward" if part.startswith("bwd-") else "vanilla" if part == "vanilla" else "ortho"
+
+    stripped, parts = split_treatment(name, TREATMENT_PARTS, kind_of)
+    t = Treatment(name=stripped)
+    seen = {kind for _, kind in parts}
+    for part, kind in parts:
         if part in UPDATE_NOG_PARTS:
             t.nog_target = "update"
             t.nog = "ns" if part == "muon" or part.endswith("-ns") else "svd"
