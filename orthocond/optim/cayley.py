@@ -73,6 +73,14 @@ class _StiefelOptimizer(Optimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def _evaluate(closure: Callable[[], Any] | None) -> Any:
+        """The loss of ``step(closure)``'s closure, evaluated with gradients on (None without)."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
     def _stiefel_matrix(self, p: Tensor, state: dict) -> tuple[Tensor, bool]:
         X, wide = _to_stiefel(p)
         work = torch.float64 if X.dtype == torch.float64 else torch.float32
@@ -176,10 +184,7 @@ class CayleySGD(_StiefelOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step (``closure`` re-evaluates the loss, optional)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for group in self.param_groups:
             lr, beta = float(group["lr"]), group["momentum"]
             for p in group["params"]:
@@ -272,10 +277,7 @@ class CayleyAdam(_StiefelOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step (``closure`` re-evaluates the loss, optional)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for group in self.param_groups:
             lr = float(group["lr"])
             b1, b2 = group["betas"]
