@@ -29,7 +29,7 @@ from .penalties import (
     srip_penalty,
     srip_schedule,
 )
-from .pre_svd import pre_svd_modules, pre_svd_parameters
+from .pre_svd import pre_svd_modules, pre_svd_parameters, split_pre_svd_parameters
 
 __all__ = [
     "HESSIAN_REDUCTIONS",
@@ -50,6 +50,7 @@ __all__ = [
     "own",
     "pre_svd_modules",
     "pre_svd_parameters",
+    "split_pre_svd_parameters",
     "so_penalty",
     "srip_penalty",
     "srip_schedule",

@@ -12,7 +12,7 @@ from torch import nn
 
 from .constraints import trainable_tensor
 
-__all__ = ["pre_svd_modules", "pre_svd_parameters"]
+__all__ = ["pre_svd_modules", "pre_svd_parameters", "split_pre_svd_parameters"]
 
 
 def pre_svd_modules(model: nn.Module) -> list[nn.Module]:
@@ -47,3 +47,18 @@ def pre_svd_parameters(model: nn.Module) -> list[nn.Parameter]:
         True
     """
     return [trainable_tensor(module) for module in pre_svd_modules(model)]
+
+
+def split_pre_svd_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(pre_svd, rest)``: :func:`pre_svd_parameters` of ``model`` and every other trainable
+    parameter of it, each once, in ``model.parameters()`` order: the two param groups the
+    optimizer plug-ins expect (OLR needs the Pre-SVD weights in a group of their own).
+
+    Example:
+        >>> pre, rest = split_pre_svd_parameters(model)
+        >>> opt = torch.optim.SGD([{"params": rest}, {"params": pre}], lr=0.1)
+    """
+    pre = pre_svd_parameters(model)
+    ids = {id(p) for p in pre}
+    rest = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
+    return pre, rest

@@ -69,13 +69,6 @@ def build_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
     return model
 
 
-def _split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    pre = list(ortho.pre_svd_parameters(model))
-    ids = {id(p) for p in pre}
-    rest = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
-    return pre, rest
-
-
 def build_optimizer(
     cfg: TrainConfig, model: nn.Module
 ) -> tuple[torch.optim.Optimizer, dict[str, Any], list[nn.Parameter]]:
@@ -91,7 +84,7 @@ def build_optimizer(
             model, parse_gan_treatment(cfg.treatment or "vanilla"), lr=r["lr"], beta1=cfg.beta1,
             weight_decay=r["weight_decay"], groups=(PRE_SVD_GROUP, REST_GROUP),
         )  # fmt: skip
-    pre, rest = _split_params(model)
+    pre, rest = ortho.split_pre_svd_parameters(model)
     if not pre:
         raise ValueError("the model has no Pre-SVD parameter (no module marked is_pre_svd)")
     if cfg.ortho == "cayley":

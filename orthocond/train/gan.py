@@ -28,13 +28,11 @@ Treatments (parts joined by ``+``, at most one of each kind):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -44,6 +42,7 @@ from orthocond import models, optim, ortho
 from orthocond.analysis import generative
 from orthocond.data import DataSplits
 
+from .result import mean_ci
 from .treatments import split_treatment
 
 __all__ = [
@@ -155,21 +154,16 @@ def build_gan_optimizer(
     """Adam (β = (``beta1``, 0.999)) over the generator, the marked parameters in the param
     group named ``groups[0]``, the rest in ``groups[1]``; NOG then OLR on the marked group as
     the treatment says. Returns ``(optimizer, {"nog", "olr"}, marked parameters)``."""
-    pre = list(ortho.pre_svd_parameters(generator))
+    pre, rest = ortho.split_pre_svd_parameters(generator)
     if not pre:
         raise ValueError("the generator has no marked (is_pre_svd) layer")
-    ids = {id(p) for p in pre}
-    rest = [p for p in generator.parameters() if id(p) not in ids and p.requires_grad]
     opt = torch.optim.Adam(
         [{"params": pre, "name": groups[0]}, {"params": rest, "name": groups[1]}],
         lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay,
     )  # fmt: skip
     hooks: dict[str, Any] = {"nog": None, "olr": None}
     if treatment.nog_target is not None:
-        kwargs: dict[str, Any] = {"scale": treatment.nog_scale}
-        if treatment.nog_target == "update":
-            kwargs["target"] = "update"
-        hooks["nog"] = optim.NOG(opt, pre, **kwargs)
+        hooks["nog"] = optim.NOG(opt, pre, scale=treatment.nog_scale, target=treatment.nog_target)
     if treatment.olr:
         hooks["olr"] = optim.OLR(opt, pre, mode="update")
     return opt, hooks, pre
@@ -334,19 +328,11 @@ class GanTask:
 # --------------------------------------------------------------------------- the table
 GAN_COLUMNS = (("fid", "FID ↓"), ("ppl", "PPL ↓"), ("vp", "VP % ↑"), ("kappa", "κ(W)"),
                ("ortho_err", "ortho err"))  # fmt: skip
-# Two-sided 95 % Student-t quantiles t_{0.975, n-1} for n = 2 .. 11 runs (1.96 beyond).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
 def _mean_ci(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and half-width of its 95 % confidence interval (Student t; 0 for one value)."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None, None
-    if len(vals) == 1:
-        return float(vals[0]), 0.0
-    t = _T975[len(vals) - 2] if len(vals) - 2 < len(_T975) else 1.96
-    return float(np.mean(vals)), float(t * np.std(vals, ddof=1) / math.sqrt(len(vals)))
+    """:func:`~orthocond.train.result.mean_ci`, with a half-width of 0 for a single run (the
+    GAN table prints ``mean ± 0`` then)."""
+    mean, half = mean_ci(values)
+    return mean, (0.0 if mean is not None and half is None else half)
 
 
 def aggregate_gan(results: Sequence[Any]) -> list[dict[str, Any]]:

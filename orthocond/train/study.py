@@ -18,34 +18,9 @@ from typing import Any
 import numpy as np
 
 from .plots import pyplot
-from .result import RunResult
+from .result import T_975, RunResult, mean_ci, t_quantile
 
 __all__ = ["T_975", "mean_ci", "paired_rows", "format_study", "plot_study", "t_quantile"]
-
-#: Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (then 1.96).
-T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-
-
-def t_quantile(df: int) -> float:
-    """t_{0.975, df} (:data:`T_975`; the normal 1.96 beyond 30)."""
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    return T_975[df - 1] if df <= len(T_975) else 1.96
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """(mean, half-width of its 95% t interval); half-width None for fewer than 2 values."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None, None
-    mean = float(np.mean(vals))
-    if len(vals) < 2:
-        return mean, None
-    return mean, t_quantile(len(vals) - 1) * float(np.std(vals, ddof=1)) / math.sqrt(len(vals))
 
 
 def _log10(v: float | None) -> float | None:

@@ -211,3 +211,21 @@ def test_per_depth_builders_are_the_generic_builder_at_that_depth():
         gcp_resnet(34)
     with pytest.raises(ValueError, match="depth of a cifar_resnet"):
         cifar_resnet(101)
+
+
+def test_split_pre_svd_parameters_partitions_the_trainable_parameters():
+    from orthocond.ortho import orthogonal, split_pre_svd_parameters
+
+    model = gcp_resnet18(num_classes=5, width=4, reduced_channels=8, cifar_stem=True)
+    model.fc.bias.requires_grad_(False)  # frozen parameters belong to neither group
+    pre, rest = split_pre_svd_parameters(model)
+    assert pre == [model.head.pre_svd.weight]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(pre) + len(rest) == len(trainable)
+    assert {id(p) for p in pre + rest} == {id(p) for p in trainable}
+    assert all(p is not model.fc.bias for p in rest)
+    # a parametrized Pre-SVD weight: the unconstrained tensor the optimizer trains
+    orthogonal(model.head.pre_svd)
+    pre, rest = split_pre_svd_parameters(model)
+    assert pre == [model.head.pre_svd.parametrizations.weight.original]
+    assert all(p is not pre[0] for p in rest)
