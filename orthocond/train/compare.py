@@ -18,18 +18,13 @@ from orthocond.data import DataSplits, load_dataset
 
 from .config import TrainConfig
 from .distributed import ddp_active, distributed_env
-from .gan import (
-    GAN_DEFAULT_TREATMENTS,
-    GAN_STUDY_TREATMENTS,
-    aggregate_gan,
-    format_gan_table,
-    parse_gan_treatment,
-)
+from .gan import GAN_STUDY_TREATMENTS
 from .plots import plot_compare, plot_compare_landscape
-from .result import RunResult, aggregate, format_number, format_table
+from .result import RunResult
 from .study import format_study, paired_rows, plot_study
+from .tasks import task_kind
 from .trainer import Trainer
-from .treatments import DEFAULT_TREATMENTS, FAILURE_TREATMENTS, STUDY_TREATMENTS, parse_treatment
+from .treatments import DEFAULT_TREATMENTS, FAILURE_TREATMENTS, STUDY_TREATMENTS
 
 __all__ = [
     "COMPARE_DEFAULTS", "COMPARE_PRESETS", "COMPARE_TASKS", "TASK_COMPARE_DEFAULTS",
@@ -75,7 +70,7 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
 
 def default_treatments(task: str) -> tuple[str, ...]:
     """The grid ``compare`` runs for ``task`` without ``treatments``."""
-    return GAN_DEFAULT_TREATMENTS if task == "gan" else DEFAULT_TREATMENTS
+    return task_kind(task).default_treatments
 
 
 def compare(
@@ -124,13 +119,13 @@ def compare(
     check_int(seeds, "seeds")
     check_int(jobs, "jobs")
     check_int(threads, "threads", allow_none=True)
-    gan = base.task == "gan"
+    kind = task_kind(base.task)
     if treatments is None:
-        treatments = default_treatments(base.task)
+        treatments = kind.default_treatments
     if not treatments:
         raise ValueError("treatments must name at least one treatment")
     for t in treatments:
-        (parse_gan_treatment if gan else parse_treatment)(t)
+        kind.parse_treatment(t)
     log = log or (lambda msg: print(msg, file=sys.stderr))
     outp = Path(out) if out is not None else None
     grid: list[tuple[TrainConfig, Path | None]] = []
@@ -143,19 +138,7 @@ def compare(
             grid.append((cfg, run_out))
 
     def report(res: RunResult) -> None:
-        if gan:
-            m = res.metrics
-            log(f"[compare] {res.label} seed {res.seed}: " + (
-                f"failed -- {res.reason}" if res.failed else
-                f"FID {format_number(m.get('fid'), '.1f')}, VP {100 * m.get('vp', 0):.1f}%, "
-                f"κ {format_number(m.get('kappa'), '.4g')}") + f" ({res.wall_s:.1f} s)")
-            return
-        acc = "failed" if res.failed else f"acc {100 * (res.final_acc or 0):.2f}%"
-        log(
-            f"[compare] {res.label} seed {res.seed}: {acc}, κ final {format_number(res.cond_final, '.3g')}, "
-            f"max {format_number(res.cond_max, '.3g')} ({res.wall_s:.1f} s)"
-            + (f" -- {res.reason}" if res.failed else "")
-        )
+        log(f"[compare] {res.label} seed {res.seed}: {kind.run_line(res)}")
 
     jobs = min(jobs, len(grid))
     results: list[RunResult] = []
@@ -189,14 +172,14 @@ def compare(
                 slots[futures[fut]] = res
                 report(res)
         results = [r for r in slots if r is not None]
-    rows = aggregate_gan(results) if gan else aggregate(results)
+    rows = kind.aggregate(results)
     if outp is not None:
         outp.mkdir(parents=True, exist_ok=True)
-        atomic_write(outp / "compare.md", (format_gan_table if gan else format_table)(rows) + "\n")
+        atomic_write(outp / "compare.md", kind.format_table(rows) + "\n")
         payload = {"config": base.to_dict(), "treatments": list(treatments), "seeds": seeds,
                    "rows": rows, "runs": [r.to_dict() for r in results]}
         atomic_write(outp / "compare.json", json.dumps(jsonable(payload), indent=1) + "\n")
-        if gan:
+        if kind.traversals:
             _collect_traversals(grid, outp)
         elif base.plots:
             plot_compare(results, outp)

@@ -15,8 +15,10 @@ per-batch totals the trainer averages over the epoch's samples), ``evaluate()``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +29,58 @@ from orthocond.analysis import evaluate_classifier
 from orthocond.data import DataSplits
 
 from .config import TrainConfig
-from .gan import GanTask, parse_gan_treatment
-from .treatments import PENALTY_COEFFICIENT
+from .gan import (
+    GAN_DEFAULT_TREATMENTS,
+    GanTask,
+    aggregate_gan,
+    format_gan_table,
+    parse_gan_treatment,
+)
+from .result import RunResult, aggregate, format_number, format_table
+from .treatments import DEFAULT_TREATMENTS, PENALTY_COEFFICIENT, parse_treatment
 
-__all__ = ["ClassifierTask", "build_task"]
+__all__ = ["ClassifierTask", "TaskKind", "build_task", "task_kind"]
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What ``compare`` needs to know of a task's runs: its default treatments and their
+    parser, how its runs aggregate into a table and read in one line, and whether its runs
+    leave latent traversals (GAN) rather than condition/accuracy curves to plot. ``run_line``
+    is the part of the one-line report after ``"<treatment> seed <s>: "``."""
+
+    default_treatments: tuple[str, ...]
+    parse_treatment: Callable[[str], Any]
+    aggregate: Callable[[Sequence[RunResult]], list[dict[str, Any]]]
+    format_table: Callable[[Sequence[dict[str, Any]]], str]
+    run_line: Callable[[RunResult], str]
+    traversals: bool = False
+
+
+def _classifier_line(res: RunResult) -> str:
+    acc = "failed" if res.failed else f"acc {100 * (res.final_acc or 0):.2f}%"
+    return (f"{acc}, κ final {format_number(res.cond_final, '.3g')}, "
+            f"max {format_number(res.cond_max, '.3g')} ({res.wall_s:.1f} s)"
+            + (f" -- {res.reason}" if res.failed else ""))
+
+
+def _gan_line(res: RunResult) -> str:
+    m = res.metrics
+    return (f"failed -- {res.reason}" if res.failed else
+            f"FID {format_number(m.get('fid'), '.1f')}, VP {100 * m.get('vp', 0):.1f}%, "
+            f"κ {format_number(m.get('kappa'), '.4g')}") + f" ({res.wall_s:.1f} s)"
+
+
+_KINDS = {
+    "classifier": TaskKind(DEFAULT_TREATMENTS, parse_treatment, aggregate, format_table, _classifier_line),
+    "gan": TaskKind(GAN_DEFAULT_TREATMENTS, parse_gan_treatment, aggregate_gan, format_gan_table,
+                    _gan_line, traversals=True),
+}  # fmt: skip
+
+
+def task_kind(task: str) -> TaskKind:
+    """The :class:`TaskKind` of ``task`` (``dbn`` and ``gcp`` are classifiers)."""
+    return _KINDS["gan" if task == "gan" else "classifier"]
 
 
 class ClassifierTask:
