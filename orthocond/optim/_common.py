@@ -149,3 +149,12 @@ def group_of(optimizer: Optimizer) -> dict[int, dict]:
     """``id(param) -> its param group`` (looked up each time: ``load_state_dict`` and
     ``add_param_group`` replace or extend the groups)."""
     return {id(p): group for group in optimizer.param_groups for p in group["params"]}
+
+
+def snapshot(p: Tensor, buf: Tensor | None) -> Tensor:
+    """A detached copy of ``p``, written into ``buf`` when it has ``p``'s shape, dtype and
+    device (the update-target plug-ins record W before every step; reusing the buffer
+    spares an allocation per step)."""
+    if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+        return p.detach().clone()
+    return buf.copy_(p.detach())

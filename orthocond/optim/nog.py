@@ -25,6 +25,7 @@ from ._common import (
     found_inf_of,
     grad_scale_of,
     group_of,
+    snapshot,
 )
 
 NOG_METHODS = POLAR_METHODS  # the polar factor's methods: svd (exact) or ns (Polar Express)
@@ -474,11 +475,7 @@ class NOG:
         # The weights do not change while a closure recomputes the gradients, so they can
         # be recorded before it runs. Buffers are reused from step to step.
         for i, p in enumerate(self.params):
-            buf = self._before[i]
-            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-                self._before[i] = p.detach().clone()
-            else:
-                buf.copy_(p.detach())
+            self._before[i] = snapshot(p, self._before[i])
 
     @torch.no_grad()
     def _correct(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:

@@ -20,6 +20,7 @@ from ._common import (
     collect_params,
     detach,
     grad_scale_of,
+    snapshot,
     step_will_be_skipped,
 )
 
@@ -361,11 +362,7 @@ class OLR:
     def _record(self) -> None:
         # The weights do not change while a closure recomputes the gradients: record now.
         for p in self.params:
-            buf = self._before.get(id(p))
-            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-                self._before[id(p)] = p.detach().clone()
-            else:
-                buf.copy_(p.detach())
+            self._before[id(p)] = snapshot(p, self._before.get(id(p)))
 
     @torch.no_grad()
     def _scale_step(self, optimizer: Optimizer) -> None:
